@@ -1,0 +1,245 @@
+"""JSON codec for the protocol messages: cattrs for the shapes, orjson for the bytes.
+
+Decoding is strict — a string field refuses a number, an integer field refuses
+``true`` — and every refusal is a :class:`~presence_actors.protocol.ProtocolError`
+carrying the code the client is told. Unknown extra fields are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from attrs import fields
+from cattrs import ClassValidationError, Converter, IterableValidationError, transform_error
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from . import protocol as p
+from .model import DeviceType, Status, UserView, Visibility, format_timestamp, is_valid_user_id
+
+_converter = Converter(forbid_extra_keys=False)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --- strict primitives ---------------------------------------------------------
+
+
+def _strict(kind: type, label: str) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _: type) -> Any:
+        # bool is an int subclass; a JSON true is never an integer here.
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise ValueError(f"expected {label}, got {_json_kind(value)}")
+        return value
+
+    return structure
+
+
+def _json_kind(value: object) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+_converter.register_structure_hook(str, _strict(str, "a string"))
+_converter.register_structure_hook(int, _strict(int, "an integer"))
+_converter.register_structure_hook(float, _strict(float, "a number"))
+_converter.register_structure_hook(bool, _strict(bool, "a boolean"))
+
+
+def _structure_ids(value: Any, _: type) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise ValueError(f"expected an array of user ids, got {_json_kind(value)}")
+    for item in value:
+        if not is_valid_user_id(item):
+            raise p.ProtocolError(p.ErrorCode.INVALID_USER_ID, f"invalid user id {item!r}")
+    return tuple(value)
+
+
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_ids)
+
+
+def _enum_hook(kind: type[Any], code: p.ErrorCode, what: str) -> Callable[[Any, type], Any]:
+    allowed = ", ".join(member.value for member in kind)
+
+    def structure(value: Any, _: type) -> Any:
+        try:
+            return kind(value)
+        except (ValueError, TypeError):
+            raise p.ProtocolError(code, f"{what} must be one of {allowed}, got {value!r}") from None
+
+    return structure
+
+
+_converter.register_structure_hook(Status, _enum_hook(Status, p.ErrorCode.INVALID_STATUS, "status"))
+_converter.register_structure_hook(
+    Visibility, _enum_hook(Visibility, p.ErrorCode.INVALID_MESSAGE, "visibility")
+)
+_converter.register_structure_hook(
+    p.Scope, _enum_hook(p.Scope, p.ErrorCode.INVALID_MESSAGE, "scope")
+)
+_converter.register_structure_hook(
+    DeviceType, _enum_hook(DeviceType, p.ErrorCode.INVALID_MESSAGE, "deviceType")
+)
+
+
+def _target_user_id(value: Any, _: type) -> str:
+    if not is_valid_user_id(value):
+        raise p.ProtocolError(p.ErrorCode.INVALID_USER_ID, f"invalid user id {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+for _cls in p.CLIENT_MESSAGES:
+    _overrides: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in fields(_cls)}
+    for _name in ("target_user_id",):
+        if _name in _overrides:
+            _overrides[_name] = override(rename=_camel(_name), struct_hook=_target_user_id)
+    _converter.register_structure_hook(_cls, make_dict_structure_fn(_cls, _converter, **_overrides))
+
+_CLIENT_TYPES: dict[str, type[p.ClientMessage]] = {cls.TYPE: cls for cls in p.CLIENT_MESSAGES}
+
+
+def _first_protocol_error(error: BaseException) -> p.ProtocolError | None:
+    if isinstance(error, p.ProtocolError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_protocol_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def decode_client_message(data: str | bytes) -> p.ClientMessage:
+    """Parse one client frame; raises ProtocolError with the documented code."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise p.ProtocolError(p.ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+    return structure_client_message(raw)
+
+
+def structure_client_message(raw: object) -> p.ClientMessage:
+    """Structure an already-parsed JSON value into a client message."""
+    if not isinstance(raw, dict):
+        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, "a message needs a string 'type'")
+    cls = _CLIENT_TYPES.get(kind)
+    if cls is None:
+        raise p.ProtocolError(p.ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    if cls is p.SetStatus and "statusMessage" in raw and raw["statusMessage"] is None:
+        raw = {**raw, "statusMessage": ""}
+    try:
+        return _converter.structure(raw, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        found = _first_protocol_error(exc)
+        if found is not None:
+            raise found from None
+        detail = "; ".join(transform_error(exc, path=kind, format_exception=_describe))
+        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, _wire_names(detail)) from None
+    except ValueError as exc:  # attrs validators (lengths) raise outside the group
+        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, str(exc)) from None
+
+
+def _describe(error: BaseException, _: type | None) -> str:
+    if isinstance(error, KeyError):
+        return "required field missing"
+    return str(error) or type(error).__name__
+
+
+def _wire_names(detail: str) -> str:
+    for cls in p.CLIENT_MESSAGES:
+        for attribute in fields(cls):
+            detail = detail.replace(f".{attribute.name}", f".{_camel(attribute.name)}")
+    return detail
+
+
+def request_id_of(raw: object) -> str | None:
+    """The requestId of a frame that failed to decode, if it had a usable one."""
+    if isinstance(raw, dict):
+        value = raw.get("requestId")
+        if isinstance(value, str) and len(value) <= 64:
+            return value
+    return None
+
+
+# --- encoding ----------------------------------------------------------------
+
+
+def view_to_wire(view: UserView) -> dict[str, Any]:
+    return {
+        "userId": view.user_id,
+        "username": view.username,
+        "status": view.status.value,
+        "online": view.status is not Status.OFFLINE,
+        "statusMessage": view.status_message,
+        "lastSeen": None if view.last_seen is None else format_timestamp(view.last_seen),
+        "devices": [
+            {"deviceId": d.device_id, "deviceType": d.device_type.value, "status": d.status.value}
+            for d in view.devices
+        ],
+    }
+
+
+def _status_fields(view: UserView) -> dict[str, Any]:
+    return {
+        "userId": view.user_id,
+        "online": view.status is not Status.OFFLINE,
+        "status": view.status.value,
+        "statusMessage": view.status_message,
+        "lastSeen": None if view.last_seen is None else format_timestamp(view.last_seen),
+        "username": view.username,
+    }
+
+
+_encoder = Converter()
+_encoder.register_unstructure_hook(UserView, view_to_wire)
+
+
+def _register_encoder(cls: type[p.ServerMessage]) -> None:
+    overrides: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in fields(cls)}
+    overrides["request_id"] = override(rename="requestId", omit_if_default=True)
+    overrides["timestamp"] = override(unstruct_hook=format_timestamp)
+    if "view" in overrides:
+        overrides["view"] = override(omit=True)
+    base = make_dict_unstructure_fn(cls, _encoder, **overrides)
+    tag = cls.TYPE
+
+    def unstructure(message: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": tag}
+        if hasattr(message, "view"):
+            out.update(_status_fields(message.view))
+        out.update(base(message))
+        return out
+
+    _encoder.register_unstructure_hook(cls, unstructure)
+
+
+for _server_cls in p.SERVER_MESSAGES:
+    _register_encoder(_server_cls)
+
+
+def to_wire(message: p.ServerMessage) -> dict[str, Any]:
+    return _encoder.unstructure(message, type(message))  # type: ignore[no-any-return]
+
+
+def encode(message: p.ServerMessage) -> str:
+    """The JSON text of a server message."""
+    return orjson.dumps(to_wire(message)).decode()
+
+
+def make_push(view: UserView, timestamp: int) -> p.Push:
+    """Encode a change once; every watcher's outbox gets the same object."""
+    return p.Push(view, timestamp, encode(p.UserStatusChange(timestamp=timestamp, view=view)))

@@ -1,0 +1,108 @@
+"""The presence vocabulary shared by the engine, the gateways and the store.
+
+Everything here is plain, immutable data: statuses and their priority, what a
+watcher is shown about a user (:class:`UserView`), and identifier rules.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import UTC, datetime
+
+from attrs import frozen
+
+
+class Status(enum.Enum):
+    ONLINE = "online"
+    BUSY = "busy"
+    AWAY = "away"
+    OFFLINE = "offline"
+
+    @property
+    def priority(self) -> int:
+        return _PRIORITY[self]
+
+
+# online > busy > away > offline: the user shows its most available device.
+_PRIORITY = {Status.ONLINE: 3, Status.BUSY: 2, Status.AWAY: 1, Status.OFFLINE: 0}
+
+
+def strongest(statuses: list[Status]) -> Status:
+    """The highest-priority status of ``statuses``; ``offline`` when empty."""
+    best = Status.OFFLINE
+    for status in statuses:
+        if _PRIORITY[status] > _PRIORITY[best]:
+            best = status
+    return best
+
+
+class DeviceType(enum.Enum):
+    WEB = "web"
+    MOBILE = "mobile"
+    DESKTOP = "desktop"
+    OTHER = "other"
+
+
+class Visibility(enum.Enum):
+    EVERYONE = "everyone"
+    CONTACTS = "contacts"
+    NOBODY = "nobody"
+
+
+_USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+MAX_USERNAME = 64
+MAX_STATUS_MESSAGE = 140
+
+
+def is_valid_user_id(value: object) -> bool:
+    return isinstance(value, str) and _USER_ID.fullmatch(value) is not None
+
+
+@frozen
+class DeviceView:
+    device_id: str
+    device_type: DeviceType
+    status: Status
+
+
+@frozen
+class UserView:
+    """What one watcher is shown about one user at one moment.
+
+    ``last_seen`` is unix milliseconds, ``None`` for a user never seen.
+    """
+
+    user_id: str
+    status: Status = Status.OFFLINE
+    username: str | None = None
+    status_message: str | None = None
+    last_seen: int | None = None
+    devices: tuple[DeviceView, ...] = ()
+
+    @property
+    def online(self) -> bool:
+        return self.status is not Status.OFFLINE
+
+    def pushed_part(self) -> tuple[Status, str | None, str | None]:
+        """The fields whose change is pushed to watchers (lastSeen alone is not)."""
+        return (self.status, self.status_message, self.username)
+
+
+def unknown_user(user_id: str) -> UserView:
+    """How a user that does not exist, or that the watcher may not see, looks."""
+    return UserView(user_id=user_id)
+
+
+def format_timestamp(unix_ms: int) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-23T10:30:00.000Z``."""
+    moment = datetime.fromtimestamp(unix_ms / 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{unix_ms % 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> int:
+    """Inverse of :func:`format_timestamp`; accepts any ISO-8601 with an offset or ``Z``."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
