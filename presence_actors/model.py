@@ -7,6 +7,7 @@ watcher is shown about a user (:class:`UserView`), and identifier rules.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -94,6 +95,8 @@ def unknown_user(user_id: str) -> UserView:
     return UserView(user_id=user_id)
 
 
+# Many messages share a millisecond, and offline users' lastSeen values repeat.
+@functools.lru_cache(maxsize=4096)
 def format_timestamp(unix_ms: int) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-23T10:30:00.000Z``."""
     moment = datetime.fromtimestamp(unix_ms / 1000, UTC)

@@ -66,8 +66,9 @@ def test_migrations_create_the_schema_and_are_idempotent(path: Path) -> None:
             "last_seen",
             "updated_at",
         ]
-        assert users["visibility"].notnull
-        assert users["visibility"].default_value == "'everyone'"
+        # NULL visibility: never chosen, so the configured default applies.
+        assert not users["visibility"].notnull
+        assert users["visibility"].default_value is None
         assert users["last_status"].default_value == "'offline'"
         assert db.table("contacts").pks == ["user_id", "contact_id"]
         assert db.table("blocks").pks == ["user_id", "blocked_id"]

@@ -29,8 +29,9 @@ def _v1_initial(db: Database) -> None:
             "updated_at": int,
         },
         pk="user_id",
-        not_null={"visibility", "last_status"},
-        defaults={"visibility": "everyone", "last_status": "offline"},
+        # visibility NULL: the user never chose; presence.default_visibility applies.
+        not_null={"last_status"},
+        defaults={"last_status": "offline"},
     )
     # Both directions of the symmetric relation are rows, so "contacts of X" is
     # one index range; the contact_id index serves the reverse delete of a replace.

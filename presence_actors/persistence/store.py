@@ -42,7 +42,7 @@ class StoredUser:
     user_id: str
     username: str | None
     status_message: str | None
-    visibility: Visibility
+    visibility: Visibility | None  # None: never chosen, the server default applies
     last_status: Status
     last_seen: int | None
 
@@ -163,7 +163,7 @@ class _Queries:
                 user_id=user_id,
                 username=username,
                 status_message=status_message,
-                visibility=Visibility(visibility),
+                visibility=None if visibility is None else Visibility(visibility),
                 last_status=Status(last_status),
                 last_seen=last_seen,
             )

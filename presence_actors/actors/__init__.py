@@ -1,0 +1,25 @@
+"""The presence engine: user actors, the registry and their supervision.
+
+No I/O here but channels and the clock; transports live in ``gateway``.
+"""
+
+from .clock import WallClock
+from .engine import Engine, open_engine
+from .messages import EngineStats, ListQuery, PolicyQuery, StatsQuery, UserPage, ViewsQuery
+from .session import MemoryOutbox, NullOutbox, Outbox, SessionHandle
+
+__all__ = [
+    "Engine",
+    "EngineStats",
+    "ListQuery",
+    "MemoryOutbox",
+    "NullOutbox",
+    "Outbox",
+    "PolicyQuery",
+    "SessionHandle",
+    "StatsQuery",
+    "UserPage",
+    "ViewsQuery",
+    "WallClock",
+    "open_engine",
+]

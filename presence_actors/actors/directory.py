@@ -1,0 +1,89 @@
+"""The registry's directory: the latest view of every known user, kept in list order.
+
+Order (PROTOCOL.md ``get_all_users``): online first, then by lastSeen, most
+recent first, then by userId. Paging uses an opaque cursor holding the sort
+key of the last user returned (keyset pagination: stable under inserts).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Iterator
+
+import orjson
+from sortedcontainers import SortedKeyList
+
+from ..model import Status, UserView
+
+SortKey = tuple[int, int, str]
+
+
+def sort_key(view: UserView) -> SortKey:
+    rank = 1 if view.status is Status.OFFLINE else 0
+    last_seen = -1 if view.last_seen is None else view.last_seen
+    return (rank, -last_seen, view.user_id)
+
+
+def encode_cursor(key: SortKey) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(key))).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> SortKey:
+    """Raises ValueError for anything that is not a cursor this server made."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        rank, last_seen, user_id = orjson.loads(base64.urlsafe_b64decode(padded))
+    except Exception as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not (isinstance(rank, int) and isinstance(last_seen, int) and isinstance(user_id, str)):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return (rank, last_seen, user_id)
+
+
+class Directory:
+    def __init__(self, views: Iterable[UserView] = ()) -> None:
+        self._views: dict[str, UserView] = {}
+        self._order: SortedKeyList = SortedKeyList(key=sort_key)
+        self.online = 0
+        for view in views:
+            self.put(view)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def get(self, user_id: str) -> UserView | None:
+        return self._views.get(user_id)
+
+    def put(self, view: UserView) -> None:
+        old = self._views.get(view.user_id)
+        if old is not None:
+            self._order.remove(old)
+            self.online -= old.online
+        self._views[view.user_id] = view
+        self._order.add(view)
+        self.online += view.online
+
+    def views(self) -> Iterator[UserView]:
+        return iter(self._views.values())
+
+    def page(
+        self,
+        accept: Callable[[UserView], bool],
+        limit: int,
+        after: SortKey | None = None,
+    ) -> tuple[list[UserView], str | None]:
+        """Up to ``limit`` accepted views in list order after ``after``, and the next cursor."""
+        found: list[UserView] = []
+        iterator = (
+            self._order.irange_key(min_key=after, inclusive=(False, True))
+            if after is not None
+            else iter(self._order)
+        )
+        for view in iterator:
+            if accept(view):
+                found.append(view)
+                if len(found) == limit:
+                    break
+        else:
+            return found, None
+        return found, encode_cursor(sort_key(found[-1]))

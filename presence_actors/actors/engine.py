@@ -1,0 +1,124 @@
+"""The engine: persistence, registry and user actors under one nursery.
+
+``open_engine`` is what a server (or a test, or a benchmark) uses: it opens
+the store, recovers from an unclean stop, loads the directory and the
+visibility policy, starts the PersistenceActor and the Registry, and on exit
+records everyone still shown online as offline and lets the writer make the
+final flush.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..config import Settings
+from ..model import Status, UserView
+from ..persistence.store import Store
+from ..persistence.writer import PersistenceActor
+from ..protocol import ClientMessage, ProtocolError
+from .clock import WallClock
+from .directory import Directory
+from .messages import Attach, Detach, Query, Request
+from .policy import Policy
+from .registry import Registry
+from .session import SessionHandle
+from .user_state import Rules
+
+log = logging.getLogger("presence_actors.engine")
+
+
+class Engine:
+    """The handle transports use. Every method is safe to call from any task."""
+
+    def __init__(
+        self, settings: Settings, clock: WallClock, registry: Registry, writer: PersistenceActor
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.registry = registry
+        self.writer = writer
+
+    async def attach(self, session: SessionHandle) -> None:
+        """Attach a session; its outbox receives ``welcome`` (or an error and a close).
+
+        A transport must not send requests for the session before its welcome
+        came out of the outbox.
+        """
+        await self.registry.tell(Attach(session))
+
+    async def detach(self, session: SessionHandle) -> None:
+        """The transport lost the session; the grace period applies if it was the last."""
+        await self.registry.tell(Detach(session))
+
+    async def request(self, session: SessionHandle, message: ClientMessage) -> None:
+        """Submit a client request; its reply (or error) arrives in the session's outbox."""
+        await self.registry.tell(Request(session, message))
+
+    async def ask(self, query: Query) -> Any:
+        """Answer a read-only question; raises ProtocolError for a refused one."""
+        answer = await self.registry.ask(query)
+        if isinstance(answer, ProtocolError):
+            raise answer
+        return answer
+
+
+@asynccontextmanager
+async def open_engine(
+    settings: Settings, *, clock: WallClock | None = None
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the ``async with`` block.
+
+    On exit (normal or cancelled) users still shown online are recorded as
+    offline with reason ``shutdown`` and everything accepted by the writer is
+    committed, within ``server.graceful_timeout``. A user actor escalating
+    past its restart intensity cancels the block and the error propagates.
+    """
+    clock = clock or WallClock.start()
+    store = await trio.to_thread.run_sync(Store.open, settings.persistence.path)
+    try:
+        recovered = await trio.to_thread.run_sync(store.recover, clock.now_ms())
+        if recovered:
+            log.warning("recovered from an unclean stop: %d users marked offline", len(recovered))
+        users = await trio.to_thread.run_sync(store.load_users)
+        contacts = await trio.to_thread.run_sync(store.load_contacts)
+        blocks = await trio.to_thread.run_sync(store.load_blocks)
+        directory = Directory(
+            UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
+            for u in users
+        )
+        policy = Policy(
+            default_visibility=settings.presence.default_visibility,
+            visibility={u.user_id: u.visibility for u in users if u.visibility is not None},
+            contacts=contacts,
+            blocks=blocks,
+        )
+        writer = PersistenceActor(
+            store,
+            settings.persistence,
+            now_ms=clock.now_ms,
+            shutdown_timeout=settings.server.graceful_timeout,
+        )
+        registry = Registry(
+            settings,
+            Rules.from_settings(settings, clock),
+            writer,
+            directory=directory,
+            policy=policy,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(registry.run)
+            try:
+                yield Engine(settings, clock, registry, writer)
+            finally:
+                with trio.move_on_after(settings.server.graceful_timeout, shield=True):
+                    for intent in registry.final_offline(clock.now_ms()):
+                        await writer.submit(intent)
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()

@@ -1,0 +1,127 @@
+"""What travels through the engine's inboxes.
+
+Transports send :class:`Attach`, :class:`Detach` and :class:`Request` to the
+registry; the registry forwards what concerns one user to that user's actor;
+user actors answer the registry with the effects in
+:mod:`presence_actors.actors.user_state` (Accepted, Ended, Publish) and with
+:class:`Retiring`. Read-only questions from HTTP and gRPC are :class:`Ask` s
+carrying a one-shot reply channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from attrs import frozen
+
+from ..model import Status, UserView, Visibility
+from ..protocol import ClientMessage
+from .session import SessionHandle
+from .user_state import Accepted, Ended, Publish
+
+
+@frozen
+class Attach:
+    session: SessionHandle
+
+
+@frozen
+class Detach:
+    """The transport lost the session (any reason but ``logout``)."""
+
+    session: SessionHandle
+
+
+@frozen
+class Request:
+    session: SessionHandle
+    message: ClientMessage
+
+
+@frozen
+class Seen:
+    """Registry -> actor: the session made a request the registry answered."""
+
+    session: SessionHandle
+
+
+@frozen
+class Tick:
+    """Alarms -> actor: one of your timers may be due."""
+
+
+TICK = Tick()
+
+
+@frozen
+class Retiring:
+    """Actor -> registry: idle after ``processed`` messages; retire me if none are in flight."""
+
+    user_id: str
+    processed: int
+
+
+# --- read-only questions (HTTP, gRPC, CLI) ------------------------------------------
+
+
+@frozen
+class ViewsQuery:
+    """The views of ``user_ids`` as ``watcher`` may see them (``None``: anonymous)."""
+
+    watcher: str | None
+    user_ids: tuple[str, ...]
+
+
+@frozen
+class ListQuery:
+    watcher: str | None
+    status: Status | None = None
+    limit: int = 1000
+    cursor: str | None = None
+
+
+@frozen
+class UserPage:
+    users: tuple[UserView, ...]
+    next_cursor: str | None
+
+
+@frozen
+class StatsQuery:
+    pass
+
+
+@frozen
+class EngineStats:
+    online_users: int
+    sessions: int
+    known_users: int
+    actors: int
+
+
+@frozen
+class PolicyQuery:
+    """The visibility, contacts and blocks of one user (admin and tests)."""
+
+    user_id: str
+
+
+@frozen
+class PolicyView:
+    visibility: Visibility
+    contacts: frozenset[str]
+    blocked: frozenset[str]
+
+
+Query = ViewsQuery | ListQuery | StatsQuery | PolicyQuery
+
+
+@frozen
+class Ask:
+    query: Query
+    reply: trio.MemorySendChannel[Any]
+
+
+ActorMessage = Attach | Detach | Request | Seen | Tick
+RegistryMessage = Attach | Detach | Request | Accepted | Ended | Publish | Retiring | Ask

@@ -1,0 +1,156 @@
+"""UserActor: one task per user that has a session or a pending grace period.
+
+The actor is a loop over its inbox that owns the user's :class:`UserState`.
+Its timers (heartbeat deadlines, away detection, the grace period, a held-back
+push) come down to one deadline, which it sets as its alarm after every turn:
+a heartbeat moves the deadline by changing the state, a reconnect cancels the
+grace period by removing it, and when the deadline comes the alarm delivers a
+:class:`Tick` into the inbox, in order with everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from ..persistence.intents import Intent
+from ..protocol import Error, ErrorCode
+from . import user_state as rules_
+from .alarms import Alarms
+from .messages import ActorMessage, Attach, Detach, RegistryMessage, Request, Retiring, Seen, Tick
+from .user_state import (
+    Accepted,
+    CloseSession,
+    Deliver,
+    Ended,
+    Outcome,
+    Persist,
+    Publish,
+    Rules,
+    UserState,
+)
+
+# Messages handled per wake-up before yielding, so one busy user cannot starve others.
+DRAIN_BATCH = 32
+
+
+class Mailbox(Protocol):
+    """Where the actor tells the registry about its sessions and changes."""
+
+    async def tell(self, message: RegistryMessage) -> None: ...
+
+
+class Writer(Protocol):
+    """The persistence intake."""
+
+    async def submit(self, intent: Intent) -> None: ...
+
+    def submit_nowait(self, intent: Intent) -> None: ...
+
+
+class UserActor:
+    """Owns one user's presence; restartable from the last state it committed."""
+
+    def __init__(
+        self,
+        state: UserState,
+        inbox: trio.MemoryReceiveChannel[ActorMessage],
+        rules: Rules,
+        registry: Mailbox,
+        writer: Writer,
+        alarms: Alarms,
+        ring: Callable[[], None],
+    ) -> None:
+        self.state = state
+        self.processed = 0  # messages from the registry (ticks are not counted)
+        self._inbox = inbox
+        self._rules = rules
+        self._registry = registry
+        self._writer = writer
+        self._alarms = alarms
+        self._ring = ring
+        self._alarm = math.inf
+        self._retire_asked_at: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.state.user_id
+
+    async def run(self) -> None:
+        """Serve the inbox until the registry closes it (the actor was retired).
+
+        Each message is applied completely (state, then effects in order) before
+        the next. An exception leaves ``self.state`` at the last committed
+        state, so calling ``run`` again resumes from there.
+        """
+        while True:
+            try:
+                message = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            await self._handle(message)
+            for _ in range(DRAIN_BATCH):
+                try:
+                    message = self._inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                except trio.EndOfChannel:
+                    return
+                await self._handle(message)
+            deadline = rules_.next_deadline(self.state, trio.current_time(), self._rules)
+            if deadline != self._alarm:
+                self._alarm = deadline
+                self._alarms.set(self.state.user_id, deadline, self._ring)
+            if self.state.idle and self._retire_asked_at != self.processed:
+                self._retire_asked_at = self.processed
+                await self._registry.tell(Retiring(self.state.user_id, self.processed))
+
+    async def _handle(self, message: ActorMessage) -> None:
+        state, now, rules = self.state, trio.current_time(), self._rules
+        if isinstance(message, Tick):
+            self._alarm = math.inf  # the alarm that rang is spent
+            await self._apply(rules_.expire(state, now, rules))  # a no-op if nothing is due
+            return
+        self.processed += 1
+        try:
+            match message:
+                case Attach(session):
+                    outcome = rules_.attach(state, session, now, rules)
+                case Detach(session):
+                    outcome = rules_.detach(state, session, now, rules)
+                case Seen(session):
+                    outcome = rules_.seen(state, session, now, rules)
+                case Request(session, body):
+                    outcome = rules_.request(state, session, body, now, rules)
+        except Exception:
+            if isinstance(message, Request):
+                message.session.deliver(
+                    Error(
+                        timestamp=rules.clock.ms(now),
+                        request_id=message.message.request_id,
+                        code=ErrorCode.INTERNAL,
+                        message="internal error; the request was not applied",
+                    )
+                )
+            raise
+        await self._apply(outcome)
+
+    async def _apply(self, outcome: Outcome) -> None:
+        self.state, effects = outcome
+        for effect in effects:
+            match effect:
+                case Deliver(session, message):
+                    session.deliver(message)
+                case CloseSession(session, code, reason):
+                    session.request_close(code, reason)
+                case Accepted() | Ended() | Publish():
+                    await self._registry.tell(effect)
+                case Persist(intent):
+                    # Like registry.tell: wait (and yield) only when the writer is behind.
+                    try:
+                        self._writer.submit_nowait(intent)
+                    except trio.WouldBlock:
+                        await self._writer.submit(intent)

@@ -1,0 +1,532 @@
+"""A user's presence as plain data, and its transitions as pure functions.
+
+Every transition takes the state, an event and ``now`` (trio time) and returns
+the next state plus the effects the :class:`~presence_actors.actors.user.UserActor`
+must carry out, in order. The state passed in is never modified: a transition
+works on one copy of it (a copy per message is much cheaper than rebuilding a
+frozen record per field). Nothing here awaits or touches a clock, so the rules
+are tested directly and the actor that applies them can be restarted from the
+last state it committed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from attrs import define, frozen
+
+from ..config import Settings
+from ..model import DeviceView, Status, UserView, strongest
+from ..persistence.intents import PresenceEvent, PresenceRow
+from ..protocol import (
+    ClientMessage,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    HeartbeatAck,
+    Identified,
+    Identify,
+    Logout,
+    Scope,
+    ServerMessage,
+    SetStatus,
+    StatusUpdated,
+)
+from .clock import WallClock
+from .session import (
+    CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_SUPERSEDED,
+    SessionHandle,
+)
+
+# PROTOCOL.md: at most N pushed changes per user per 10 s.
+PUSH_WINDOW = 10.0
+
+
+@frozen
+class Rules:
+    """The settings the presence rules depend on."""
+
+    clock: WallClock
+    grace_period: float = 10.0
+    heartbeat_interval: float = 15.0
+    heartbeat_timeout: float = 30.0
+    away_after: float = 300.0
+    max_sessions: int = 10
+    pushes_per_window: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: WallClock) -> Rules:
+        presence = settings.presence
+        return cls(
+            clock=clock,
+            grace_period=presence.grace_period,
+            heartbeat_interval=presence.heartbeat_interval,
+            heartbeat_timeout=presence.heartbeat_timeout,
+            away_after=presence.away_after,
+            max_sessions=presence.max_sessions_per_user,
+            pushes_per_window=settings.limits.status_changes_per_10s,
+        )
+
+
+@frozen
+class SessionState:
+    handle: SessionHandle
+    status: Status  # as chosen by the client; OFFLINE means invisible
+    last_message: float  # any message, heartbeats included
+    last_activity: float  # any message but a bare heartbeat
+
+    def shown(self, now: float, away_after: float) -> Status:
+        # Same expression as the timer's deadline, so float rounding cannot split them.
+        if self.status is Status.ONLINE and now >= self.last_activity + away_after:
+            return Status.AWAY
+        return self.status
+
+
+@frozen
+class Grace:
+    """The user lost its last session; ``held`` is shown until ``deadline``."""
+
+    held: Status
+    deadline: float
+    reason: str
+    device_id: str
+
+
+@frozen
+class Departed:
+    """A device that left recently; a reconnect within the grace period keeps its status."""
+
+    device_id: str
+    status: Status
+    until: float
+
+
+@define
+class UserState:
+    """One user's presence. Transitions copy it before changing anything."""
+
+    user_id: str
+    username: str | None = None
+    status_message: str | None = None
+    # Shown while the user is offline: when it was last known present.
+    last_seen: int | None = None
+    # Unix ms of the latest activity / message of a visible (not invisible) session.
+    seen_active: int | None = None
+    seen_alive: int | None = None
+    sessions: tuple[SessionState, ...] = ()
+    grace: Grace | None = None
+    departed: tuple[Departed, ...] = ()
+    # The view last published to the registry and the part of it last pushed.
+    shown: UserView | None = None
+    pushed: tuple[Status, str | None, str | None] | None = None
+    push_times: tuple[float, ...] = ()
+    push_due: float | None = None
+    push_cause: SessionHandle | None = None
+
+    @classmethod
+    def from_view(cls, view: UserView) -> UserState:
+        """The state of a user not attached anywhere, as the directory knows it."""
+        return cls(
+            user_id=view.user_id,
+            username=view.username,
+            status_message=view.status_message,
+            last_seen=view.last_seen,
+            shown=view,
+            pushed=view.pushed_part(),
+        )
+
+    def copy(self) -> UserState:
+        return UserState(
+            self.user_id,
+            self.username,
+            self.status_message,
+            self.last_seen,
+            self.seen_active,
+            self.seen_alive,
+            self.sessions,
+            self.grace,
+            self.departed,
+            self.shown,
+            self.pushed,
+            self.push_times,
+            self.push_due,
+            self.push_cause,
+        )
+
+    def session_of(self, handle: SessionHandle) -> SessionState | None:
+        for session in self.sessions:
+            if session.handle is handle:
+                return session
+        return None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to own: the actor may retire."""
+        return not self.sessions and self.grace is None and self.push_due is None
+
+
+# --- effects -------------------------------------------------------------------
+
+
+@frozen
+class Deliver:
+    session: SessionHandle
+    message: ServerMessage
+
+
+@frozen
+class CloseSession:
+    session: SessionHandle
+    code: int
+    reason: str
+
+
+@frozen
+class Accepted:
+    """Tell the registry: this session is live; index it and welcome it."""
+
+    session: SessionHandle
+
+
+@frozen
+class Ended:
+    """Tell the registry: this session is gone; stop delivering to it."""
+
+    session: SessionHandle
+
+
+@frozen
+class Publish:
+    """Tell the registry the user's new view; ``push`` fans it out to watchers."""
+
+    view: UserView
+    push: bool
+    cause: SessionHandle | None
+
+
+@frozen
+class Persist:
+    intent: PresenceRow | PresenceEvent
+
+
+Effect = Deliver | CloseSession | Accepted | Ended | Publish | Persist
+Outcome = tuple[UserState, list[Effect]]
+
+
+# --- derived values -------------------------------------------------------------
+
+
+def current_status(state: UserState, now: float, rules: Rules) -> Status:
+    if state.sessions:
+        return strongest([s.shown(now, rules.away_after) for s in state.sessions])
+    if state.grace is not None:
+        return state.grace.held
+    return Status.OFFLINE
+
+
+def view_of(state: UserState, now: float, rules: Rules) -> UserView:
+    """The user as its watchers (and itself) see it; devices include invisible ones.
+
+    ``lastSeen`` is the latest activity while the user shows a status, and the
+    moment it was last known present once it shows offline.
+    """
+    devices = tuple(
+        DeviceView(s.handle.device_id, s.handle.device_type, s.shown(now, rules.away_after))
+        for s in state.sessions
+    )
+    status = current_status(state, now, rules)
+    last_seen = state.last_seen if status is Status.OFFLINE else state.seen_active
+    return UserView(
+        user_id=state.user_id,
+        status=status,
+        username=state.username,
+        status_message=state.status_message,
+        last_seen=last_seen,
+        devices=devices,
+    )
+
+
+def next_deadline(state: UserState, now: float, rules: Rules) -> float:
+    """The earliest moment a timer of this user fires (``inf`` when none)."""
+    deadline = math.inf
+    for session in state.sessions:
+        deadline = min(deadline, session.last_message + rules.heartbeat_timeout)
+        if session.status is Status.ONLINE:
+            away_at = session.last_activity + rules.away_after
+            if away_at > now:
+                deadline = min(deadline, away_at)
+    if state.grace is not None:
+        deadline = min(deadline, state.grace.deadline)
+    if state.push_due is not None:
+        deadline = min(deadline, state.push_due)
+    return deadline
+
+
+# --- transitions ------------------------------------------------------------------
+# Public transitions copy the state once; the helpers below them change that copy.
+
+
+def attach(state: UserState, handle: SessionHandle, now: float, rules: Rules) -> Outcome:
+    """A new session; the same deviceId replaces its old session without a flap."""
+    effects: list[Effect] = []
+    status = Status.ONLINE
+    replaced = next((s for s in state.sessions if s.handle.device_id == handle.device_id), None)
+    if replaced is not None:
+        status = replaced.status
+        effects += [
+            Ended(replaced.handle),
+            CloseSession(replaced.handle, CLOSE_SUPERSEDED, "superseded by a new connection"),
+        ]
+    elif len(state.sessions) >= rules.max_sessions:
+        refusal = Error(
+            timestamp=rules.clock.ms(now),
+            code=ErrorCode.LIMIT_EXCEEDED,
+            message=f"at most {rules.max_sessions} sessions per user",
+        )
+        return state, [
+            Deliver(handle, refusal),
+            CloseSession(handle, CLOSE_POLICY, "too many sessions"),
+        ]
+    else:
+        for departed in state.departed:
+            if departed.device_id == handle.device_id and departed.until > now:
+                status = departed.status
+    state = state.copy()
+    session = SessionState(handle, status, now, now)
+    state.sessions = (*(s for s in state.sessions if s is not replaced), session)
+    state.grace = None
+    state.departed = tuple(
+        d for d in state.departed if d.until > now and d.device_id != handle.device_id
+    )
+    _touch(state, session, now, rules, active=True, visible=status is not Status.OFFLINE)
+    effects.insert(0, Accepted(handle))
+    return _finish(state, effects, now, rules, cause=handle, reason="connect")
+
+
+def detach(state: UserState, handle: SessionHandle, now: float, rules: Rules) -> Outcome:
+    """The transport lost the session (drop, close, server-side close): grace applies."""
+    session = state.session_of(handle)
+    if session is None:
+        return state, []
+    return _remove(state.copy(), session, now, rules, reason="disconnect", effects=[])
+
+
+def seen(state: UserState, handle: SessionHandle, now: float, rules: Rules) -> Outcome:
+    """The session sent a request handled elsewhere: it is alive and active."""
+    session = state.session_of(handle)
+    if session is None:
+        return state, []
+    state = state.copy()
+    _touch(state, session, now, rules, active=True)
+    return _finish(state, [], now, rules, cause=handle, reason="active")
+
+
+def request(
+    state: UserState, handle: SessionHandle, message: ClientMessage, now: float, rules: Rules
+) -> Outcome:
+    """A client request addressed to the user itself."""
+    session = state.session_of(handle)
+    if session is None:
+        return state, []
+    state = state.copy()
+    stamp = rules.clock.ms(now)
+    rid = message.request_id
+    match message:
+        case Heartbeat(active=active):
+            _touch(state, session, now, rules, active=active)
+            ack = HeartbeatAck(
+                timestamp=stamp, request_id=rid, next_heartbeat_in_seconds=rules.heartbeat_interval
+            )
+            return _finish(state, [Deliver(handle, ack)], now, rules, cause=handle, reason="active")
+        case SetStatus():
+            return _set_status(state, session, message, now, rules)
+        case Identify(username=username):
+            _touch(state, session, now, rules, active=True)
+            state.username = username
+            reply = Identified(
+                timestamp=stamp, request_id=rid, user_id=state.user_id, username=username
+            )
+            return _finish(
+                state, [Deliver(handle, reply)], now, rules, cause=handle, reason="identify"
+            )
+        case Logout():
+            session = _touch(state, session, now, rules, active=True)
+            closing: list[Effect] = [CloseSession(handle, CLOSE_NORMAL, "logged out")]
+            return _remove(
+                state, session, now, rules, reason="logout", effects=closing, logout=True
+            )
+        case _:  # Activity, and anything else that only shows the session is in use
+            _touch(state, session, now, rules, active=True)
+            return _finish(state, [], now, rules, cause=handle, reason="active")
+
+
+def expire(state: UserState, now: float, rules: Rules) -> Outcome:
+    """Fire every timer that is due at ``now``: heartbeat timeouts, grace, away, pushes."""
+    state = state.copy()
+    effects: list[Effect] = []
+    for session in state.sessions:
+        if session.last_message + rules.heartbeat_timeout <= now:
+            effects.append(
+                CloseSession(session.handle, CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            )
+            state, effects = _remove(state, session, now, rules, reason="timeout", effects=effects)
+    reason, device = "idle", None
+    if state.grace is not None and state.grace.deadline <= now:
+        reason, device = state.grace.reason, state.grace.device_id
+        state.grace = None
+        state.departed = ()
+    return _finish(state, effects, now, rules, cause=state.push_cause, reason=reason, device=device)
+
+
+# --- helpers (they change the state they are given) ---------------------------------
+
+
+def _touch(
+    state: UserState,
+    session: SessionState,
+    now: float,
+    rules: Rules,
+    *,
+    active: bool,
+    visible: bool | None = None,
+) -> SessionState:
+    """Record that ``session`` showed life; an invisible session moves no lastSeen."""
+    updated = SessionState(
+        session.handle, session.status, now, now if active else session.last_activity
+    )
+    state.sessions = tuple(updated if s is session else s for s in state.sessions)
+    if visible is None:
+        visible = session.status is not Status.OFFLINE
+    if visible:
+        stamp = rules.clock.ms(now)
+        state.seen_alive = stamp
+        if active or state.seen_active is None:
+            state.seen_active = stamp
+    return updated
+
+
+def _set_status(
+    state: UserState, session: SessionState, message: SetStatus, now: float, rules: Rules
+) -> Outcome:
+    new = message.status
+    was_visible = session.status is not Status.OFFLINE
+    every = message.scope is Scope.ALL
+    state.sessions = tuple(
+        SessionState(s.handle, new, s.last_message, s.last_activity) if every or s is session else s
+        for s in state.sessions
+    )
+    if message.status_message is not None:
+        state.status_message = message.status_message or None
+    current = state.session_of(session.handle)
+    assert current is not None
+    visible = was_visible or new is not Status.OFFLINE
+    _touch(state, current, now, rules, active=True, visible=visible)
+    state, effects = _finish(state, [], now, rules, cause=session.handle, reason="set_status")
+    assert state.shown is not None
+    reply = StatusUpdated(
+        timestamp=rules.clock.ms(now),
+        request_id=message.request_id,
+        status=new,
+        effective_status=state.shown.status,
+        status_message=state.status_message,
+    )
+    effects.insert(0, Deliver(session.handle, reply))
+    return state, effects
+
+
+def _remove(
+    state: UserState,
+    session: SessionState,
+    now: float,
+    rules: Rules,
+    *,
+    reason: str,
+    effects: list[Effect],
+    logout: bool = False,
+) -> Outcome:
+    held = current_status(state, now, rules)
+    state.sessions = tuple(s for s in state.sessions if s.handle is not session.handle)
+    if not logout:
+        state.departed = (
+            *(
+                d
+                for d in state.departed
+                if d.until > now and d.device_id != session.handle.device_id
+            ),
+            Departed(session.handle.device_id, session.status, now + rules.grace_period),
+        )
+    state.grace = None
+    if not state.sessions and not logout and rules.grace_period > 0:
+        state.grace = Grace(held, now + rules.grace_period, reason, session.handle.device_id)
+    if not state.sessions and state.grace is None:
+        state.departed = ()  # the user is offline now: a later connect starts afresh
+    effects = [*effects, Ended(session.handle)]
+    if state.grace is not None:
+        return state, effects  # nothing visible changes until the grace period ends
+    return _finish(state, effects, now, rules, cause=session.handle, reason=reason)
+
+
+def _finish(
+    state: UserState,
+    effects: list[Effect],
+    now: float,
+    rules: Rules,
+    *,
+    cause: SessionHandle | None,
+    reason: str,
+    device: str | None = None,
+) -> Outcome:
+    """Publish the view if it changed, persist it, and push within the flap limit.
+
+    ``cause`` is the session whose request led here: it got a reply, so the
+    push skips it. ``reason`` and ``device`` go into the audit log.
+    """
+    before = state.shown
+    status = current_status(state, now, rules)
+    if status is Status.OFFLINE and (before is None or before.status is not Status.OFFLINE):
+        state.last_seen = state.seen_alive or state.last_seen
+    view = view_of(state, now, rules)
+    stamp = rules.clock.ms(now)
+    changed = view != before
+    if changed:
+        if before is None or _row_of(before) != _row_of(view):
+            row = PresenceRow(
+                user_id=view.user_id,
+                status=view.status,
+                username=view.username,
+                status_message=view.status_message,
+                last_seen=view.last_seen,
+                updated_at=stamp,
+            )
+            effects.append(Persist(row))
+        if before is None or before.status is not view.status:
+            if device is None and cause is not None:
+                device = cause.device_id
+            effects.append(Persist(PresenceEvent(view.user_id, view.status, stamp, reason, device)))
+    push = False
+    part = view.pushed_part()
+    if part == state.pushed:
+        state.push_due = state.push_cause = None
+    else:
+        # At most pushes_per_window times are kept, so this stays small.
+        recent = tuple(t for t in state.push_times if t > now - PUSH_WINDOW)
+        if len(recent) < rules.pushes_per_window:
+            push = True
+            state.pushed = part
+            state.push_times = (*recent, now)
+            state.push_due = state.push_cause = None
+        else:
+            state.push_times = recent
+            state.push_due = recent[0] + PUSH_WINDOW
+            state.push_cause = cause
+    if changed or push:
+        state.shown = view
+        effects.append(Publish(view, push, cause))
+    return state, effects
+
+
+def _row_of(view: UserView) -> tuple[object, ...]:
+    return (view.status, view.username, view.status_message, view.last_seen)
