@@ -5,13 +5,22 @@ No I/O here but channels and the clock; transports live in ``gateway``.
 
 from .clock import WallClock
 from .engine import Engine, open_engine
-from .messages import EngineStats, ListQuery, PolicyQuery, StatsQuery, UserPage, ViewsQuery
+from .messages import (
+    EngineStats,
+    ListQuery,
+    LookupQuery,
+    PolicyQuery,
+    StatsQuery,
+    UserPage,
+    ViewsQuery,
+)
 from .session import MemoryOutbox, NullOutbox, Outbox, SessionHandle
 
 __all__ = [
     "Engine",
     "EngineStats",
     "ListQuery",
+    "LookupQuery",
     "MemoryOutbox",
     "NullOutbox",
     "Outbox",

@@ -10,7 +10,7 @@ final flush.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ import trio
 
 from ..config import Settings
 from ..model import Status, UserView
-from ..persistence.store import Store
+from ..persistence.store import BatchResult, Store
 from ..persistence.writer import PersistenceActor
 from ..protocol import ClientMessage, ProtocolError
 from .clock import WallClock
@@ -69,7 +69,10 @@ class Engine:
 
 @asynccontextmanager
 async def open_engine(
-    settings: Settings, *, clock: WallClock | None = None
+    settings: Settings,
+    *,
+    clock: WallClock | None = None,
+    on_commit: Callable[[BatchResult, float], None] | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -101,6 +104,7 @@ async def open_engine(
             store,
             settings.persistence,
             now_ms=clock.now_ms,
+            on_commit=on_commit,
             shutdown_timeout=settings.server.graceful_timeout,
         )
         registry = Registry(

@@ -74,6 +74,14 @@ class ViewsQuery:
 
 
 @frozen
+class LookupQuery:
+    """One user as ``watcher`` may see it, or None when unknown or hidden (HTTP 404)."""
+
+    watcher: str | None
+    user_id: str
+
+
+@frozen
 class ListQuery:
     watcher: str | None
     status: Status | None = None
@@ -114,7 +122,7 @@ class PolicyView:
     blocked: frozenset[str]
 
 
-Query = ViewsQuery | ListQuery | StatsQuery | PolicyQuery
+Query = ViewsQuery | LookupQuery | ListQuery | StatsQuery | PolicyQuery
 
 
 @frozen

@@ -73,6 +73,7 @@ from .messages import (
     Detach,
     EngineStats,
     ListQuery,
+    LookupQuery,
     PolicyQuery,
     PolicyView,
     Query,
@@ -85,7 +86,7 @@ from .messages import (
     ViewsQuery,
 )
 from .policy import Policy
-from .session import SessionHandle
+from .session import CLOSE_TRY_AGAIN_LATER, SessionHandle
 from .supervisor import RestartPolicy, supervise
 from .user import UserActor, Writer
 from .user_state import Accepted, Ended, Publish, Rules, UserState
@@ -266,7 +267,8 @@ class Registry:
     def _on_accepted(self, session: SessionHandle) -> None:
         self._sessions[session] = _Watch()
         self._by_user.setdefault(session.user_id, []).append(session)
-        session.deliver(
+        self._deliver(
+            session,
             Welcome(
                 timestamp=self.rules.clock.now_ms(),
                 user_id=session.user_id,
@@ -275,16 +277,15 @@ class Registry:
                 message="connected to presence_actors",
                 heartbeat_interval=self.rules.heartbeat_interval,
                 heartbeat_timeout=self.rules.heartbeat_timeout,
-            )
+            ),
         )
         if self._contacts_mode:
             contacts = sorted(self.policy.contact_list(session.user_id))
-            session.deliver(
-                PresenceState(
-                    timestamp=self.rules.clock.now_ms(),
-                    users=tuple(self.view_for(session.user_id, c) for c in contacts),
-                )
+            state = PresenceState(
+                timestamp=self.rules.clock.now_ms(),
+                users=tuple(self.view_for(session.user_id, c) for c in contacts),
             )
+            self._deliver(session, state)
 
     def _unindex(self, session: SessionHandle) -> None:
         watch = self._sessions.pop(session, None)
@@ -307,12 +308,13 @@ class Registry:
     def _on_request(self, request: Request, session: SessionHandle, message: ClientMessage) -> None:
         if session not in self._sessions:
             return  # not live (yet, or any more): nothing to answer
-        if isinstance(message, _USER_REQUESTS):
+        forbidden = message.user_id is not None and message.user_id != session.user_id
+        if isinstance(message, _USER_REQUESTS) and not forbidden:
             self._tell(session.user_id, request)
             return
         self._tell(session.user_id, Seen(session))
         try:
-            if message.user_id is not None and message.user_id != session.user_id:
+            if forbidden:
                 raise ProtocolError(ErrorCode.FORBIDDEN, "userId must be your own user")
             reply = self._answer_request(session, message)
         except ProtocolError as exc:
@@ -322,7 +324,7 @@ class Registry:
                 code=exc.code,
                 message=exc.message,
             )
-        session.deliver(reply)
+        self._deliver(session, reply)
 
     def _answer_request(self, session: SessionHandle, message: ClientMessage) -> ServerMessage:
         me = session.user_id
@@ -447,10 +449,23 @@ class Registry:
     def _deliver_push(self, watcher: SessionHandle, packet: Any) -> None:
         if watcher.closing:
             return
-        if watcher.deliver(packet):
+        if self._deliver(watcher, packet):
             self.stats.pushes += 1
         else:
-            self.stats.push_drops += 1  # the outbox was full: the session closes (1013)
+            self.stats.push_drops += 1
+
+    def _deliver(self, session: SessionHandle, item: Any) -> bool:
+        """Offer ``item``; a full outbox ends the session at once as a lost one.
+
+        The transport is asked to close (1013) but may be stuck writing to a
+        peer that does not read, so the engine does not wait for it to detach.
+        """
+        if session.deliver(item):
+            return True
+        if session.close_code == CLOSE_TRY_AGAIN_LATER and session in self._sessions:
+            self._unindex(session)
+            self._tell(session.user_id, Detach(session))
+        return False
 
     def _watchers_of(self, user_id: str) -> Iterator[SessionHandle]:
         """Every live session that follows ``user_id`` in the fan-out mode, once each."""
@@ -532,6 +547,11 @@ class Registry:
             match query:
                 case ViewsQuery(watcher, user_ids):
                     return [self.view_for(watcher, u) for u in user_ids]
+                case LookupQuery(watcher, user_id):
+                    known = self.directory.get(user_id) is not None
+                    if known and self.policy.may_see(watcher, user_id):
+                        return self.view_for(watcher, user_id)
+                    return None
                 case ListQuery():
                     return self.list_users(query)
                 case StatsQuery():

@@ -143,7 +143,11 @@ class UserActor:
         for effect in effects:
             match effect:
                 case Deliver(session, message):
-                    session.deliver(message)
+                    if not session.closing and not session.deliver(message):
+                        # A full outbox: the session is lost now, not when its
+                        # (possibly stuck) transport gets around to detaching.
+                        now = trio.current_time()
+                        await self._apply(rules_.detach(self.state, session, now, self._rules))
                 case CloseSession(session, code, reason):
                     session.request_close(code, reason)
                 case Accepted() | Ended() | Publish():

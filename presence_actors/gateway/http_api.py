@@ -1,0 +1,240 @@
+"""``/api``: the REST reads (the polling fallback) and the admin routes.
+
+Every answer comes from the engine (``Engine.ask``) or, for history, from a
+read-only store connection in a worker thread; the caller's identity decides
+what it may see, exactly as for a WebSocket session.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..actors import Engine, ListQuery, LookupQuery, StatsQuery, ViewsQuery
+from ..codec import view_to_wire
+from ..config import Settings
+from ..model import Status, UserView, format_timestamp, is_valid_user_id, parse_timestamp
+from ..persistence.store import open_reader
+from ..protocol import ErrorCode, ProtocolError
+from .asgi import Receive, Scope, Send, headers_of, query_of, respond_error, respond_json
+from .auth import Authenticator, AuthError, Identity
+
+# HTTP status for each error code (PROTOCOL.md section 3).
+_STATUS = {
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.UNKNOWN_TYPE: 400,
+    ErrorCode.INVALID_STATUS: 400,
+    ErrorCode.INVALID_USER_ID: 400,
+    ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.LIMIT_EXCEEDED: 400,
+    ErrorCode.STORE_ERROR: 503,
+    ErrorCode.INTERNAL: 500,
+}
+_MAX_HISTORY = 1000
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+Handler = Callable[[Scope, Receive, dict[str, str]], Awaitable[tuple[int, Any]]]
+
+
+class HttpApi:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        auth: Authenticator,
+        connections: Callable[[], int],
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.auth = auth
+        self.connections = connections
+        self.node = settings.server.node or socket.gethostname()
+        self.started = time.monotonic()
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"/api/users"), self._users),
+            ("GET", re.compile(r"/api/users/(?P<user_id>[^/]+)"), self._user),
+            ("GET", re.compile(r"/api/users/(?P<user_id>[^/]+)/history"), self._history),
+            ("GET", re.compile(r"/api/presence"), self._presence),
+            ("GET", re.compile(r"/api/stats"), self._stats),
+        ]
+
+    def add_route(self, method: str, pattern: str, handler: Handler) -> None:
+        self._routes.append((method, re.compile(pattern), handler))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        allowed: list[str] = []
+        for route_method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            try:
+                status, payload = await handler(scope, receive, match.groupdict())
+            except HttpError as exc:
+                await respond_error(send, exc.status, exc.code, exc.message)
+            except AuthError as exc:
+                await respond_error(send, exc.status, exc.code, exc.message)
+            except ProtocolError as exc:
+                await respond_error(send, _STATUS[exc.code], exc.code, exc.message)
+            else:
+                await respond_json(send, status, payload)
+            return
+        if allowed:
+            await respond_error(
+                send,
+                405,
+                ErrorCode.INVALID_MESSAGE,
+                f"{method} is not allowed; use {', '.join(allowed)}",
+            )
+        else:
+            await respond_error(
+                send, 404, ErrorCode.INVALID_MESSAGE, f"no route for {method} {path}"
+            )
+
+    def caller(self, scope: Scope) -> Identity:
+        return self.auth.http(headers_of(scope), query_of(scope))
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def _users(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
+        watcher = self.caller(scope).user_id
+        query = query_of(scope)
+        status = _status(query.get("status"))
+        limit = _integer(query, "limit", 1000)
+        page = await self.engine.ask(ListQuery(watcher, status, limit, query.get("cursor") or None))
+        users = [view_to_wire(v) for v in page.users]
+        return 200, {"success": True, "users": users, "nextCursor": page.next_cursor}
+
+    async def _user(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        view = await self._known(self.caller(scope).user_id, _user_id(params["user_id"]))
+        return 200, {"success": True, "user": view_to_wire(view)}
+
+    async def _known(self, watcher: str | None, user_id: str) -> UserView:
+        """The view of a user the server knows and ``watcher`` may see; else 404."""
+        view = await self.engine.ask(LookupQuery(watcher, user_id))
+        if view is None:  # unknown and hidden look the same
+            raise HttpError(404, ErrorCode.USER_NOT_FOUND, f"no user {user_id!r}")
+        return view  # type: ignore[no-any-return]
+
+    async def _presence(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
+        watcher = self.caller(scope).user_id
+        raw = query_of(scope).get("ids", "")
+        ids = tuple(i for i in raw.split(",") if i)
+        if not ids:
+            raise HttpError(
+                400, ErrorCode.INVALID_MESSAGE, "ids: a comma-separated list of user ids"
+            )
+        most = self.settings.limits.max_ids_per_request
+        if len(ids) > most:
+            raise HttpError(400, ErrorCode.LIMIT_EXCEEDED, f"at most {most} ids per request")
+        for user_id in ids:
+            _user_id(user_id)
+        views = await self.engine.ask(ViewsQuery(watcher, ids))
+        return 200, {"success": True, "users": [view_to_wire(v) for v in views]}
+
+    async def _history(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
+        user_id = _user_id(params["user_id"])
+        await self._known(self.caller(scope).user_id, user_id)
+        query = query_of(scope)
+        since = _moment(query, "since", None) or 0
+        until = _moment(query, "until", None)
+        limit = min(_integer(query, "limit", _MAX_HISTORY), _MAX_HISTORY)
+        path = self.settings.persistence.path
+
+        def read() -> list[Any]:
+            with open_reader(path) as reader:
+                return reader.history(user_id, since, until, limit)
+
+        try:
+            events = await trio.to_thread.run_sync(read)
+        except Exception as exc:
+            raise HttpError(
+                503, ErrorCode.STORE_ERROR, f"the store could not be read: {exc}"
+            ) from exc
+        return 200, {
+            "success": True,
+            "userId": user_id,
+            "events": [
+                {
+                    "status": e.status.value,
+                    "at": format_timestamp(e.at),
+                    "reason": e.reason,
+                    "deviceId": e.device_id,
+                }
+                for e in events
+            ],
+        }
+
+    async def _stats(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
+        stats = await self.engine.ask(StatsQuery())
+        return 200, {
+            "success": True,
+            "onlineUsers": stats.online_users,
+            "connections": self.connections(),
+            "sessions": stats.sessions,
+            "knownUsers": stats.known_users,
+            "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "node": self.node,
+        }
+
+
+def _user_id(value: str) -> str:
+    if not is_valid_user_id(value):
+        raise HttpError(400, ErrorCode.INVALID_USER_ID, f"invalid user id {value!r}")
+    return value
+
+
+def _status(value: str | None) -> Status | None:
+    if not value:
+        return None
+    try:
+        return Status(value)
+    except ValueError:
+        raise HttpError(
+            400, ErrorCode.INVALID_STATUS, "status must be one of online, busy, away, offline"
+        ) from None
+
+
+def _integer(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise HttpError(400, ErrorCode.INVALID_MESSAGE, f"{name} must be a positive integer")
+    return int(raw)
+
+
+def _moment(query: dict[str, str], name: str, default: int | None) -> int | None:
+    """A time parameter: unix milliseconds or ISO-8601."""
+    raw = query.get(name)
+    if not raw:
+        return default
+    if raw.isdigit():
+        return int(raw)
+    try:
+        return parse_timestamp(raw)
+    except ValueError:
+        raise HttpError(
+            400, ErrorCode.INVALID_MESSAGE, f"{name} must be unix milliseconds or ISO-8601"
+        ) from None

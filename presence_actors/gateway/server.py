@@ -1,0 +1,109 @@
+"""Run the server: the engine and hypercorn's trio worker under one nursery."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import cast
+
+import hypercorn.trio
+import trio
+from attrs import frozen
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.typing import ASGIFramework
+
+from ..actors import Engine, open_engine
+from ..actors.session import CLOSE_GOING_AWAY
+from ..config import Settings
+from ..metrics import Metrics
+from .app import PresenceApp
+
+log = logging.getLogger("presence_actors.server")
+
+# hypercorn refuses frames above its own limit with a bare 1009; ours is lower,
+# so a client that sends a too-large frame is told TOO_LARGE before the close.
+_HYPERCORN_FRAME_FACTOR = 4
+
+
+@frozen
+class RunningServer:
+    urls: tuple[str, ...]
+    port: int
+    app: PresenceApp
+    engine: Engine
+
+    @property
+    def base_url(self) -> str:
+        return self.urls[0]
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    host = settings.server.host
+    config.bind = [
+        f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
+    ]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = settings.server.graceful_timeout
+    config.websocket_max_message_size = max(
+        _HYPERCORN_FRAME_FACTOR * settings.limits.max_message_bytes, 1 << 20
+    )
+    if settings.server.tls_cert_file:
+        config.certfile = settings.server.tls_cert_file
+        config.keyfile = settings.server.tls_key_file
+    return config
+
+
+@asynccontextmanager
+async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    """Serve for the duration of the block; the server is listening when it starts.
+
+    On exit: new connections are refused, open sessions are closed with 1001,
+    hypercorn waits up to ``server.graceful_timeout`` for connections to end,
+    then the engine records everyone offline and makes its final flush.
+    """
+    metrics = Metrics()
+    if settings.auth.mode == "none" and settings.server.host not in (
+        "127.0.0.1",
+        "::1",
+        "localhost",
+    ):
+        log.warning(
+            "auth.mode is 'none' and the server listens on %s: anyone who can reach it can "
+            "claim any userId. Set auth.mode = 'jwt' before exposing it.",
+            settings.server.host,
+        )
+    async with open_engine(settings, on_commit=metrics.observe_commit) as engine:
+        app = PresenceApp(engine, settings, metrics)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                partial(
+                    hypercorn.trio.serve,
+                    cast(ASGIFramework, app),
+                    hypercorn_config(settings),
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+            port = int(binds[0].rsplit(":", 1)[1])
+            try:
+                yield RunningServer(tuple(binds), port, app, engine)
+            finally:
+                shutdown.set()
+                app.websockets.close_all(CLOSE_GOING_AWAY, "server shutting down")
+
+
+async def serve_until_signalled(
+    settings: Settings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully and return."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_server(settings) as server:
+            task_status.started(server)
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                break
