@@ -14,9 +14,10 @@ from .messages import (
     UserPage,
     ViewsQuery,
 )
-from .session import MemoryOutbox, NullOutbox, Outbox, SessionHandle
+from .session import ANONYMOUS, MemoryOutbox, NullOutbox, Outbox, SessionHandle, Watches
 
 __all__ = [
+    "ANONYMOUS",
     "Engine",
     "EngineStats",
     "ListQuery",
@@ -30,5 +31,6 @@ __all__ = [
     "UserPage",
     "ViewsQuery",
     "WallClock",
+    "Watches",
     "open_engine",
 ]

@@ -86,7 +86,7 @@ from .messages import (
     ViewsQuery,
 )
 from .policy import Policy
-from .session import CLOSE_TRY_AGAIN_LATER, SessionHandle
+from .session import CLOSE_TRY_AGAIN_LATER, SessionHandle, Watches
 from .supervisor import RestartPolicy, supervise
 from .user import UserActor, Writer
 from .user_state import Accepted, Ended, Publish, Rules, UserState
@@ -95,6 +95,7 @@ log = logging.getLogger("presence_actors.registry")
 
 # Requests the user's own actor answers; everything else the registry answers.
 _USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
+_POLICY_REQUESTS = (SetPrivacy, Block, Unblock)
 # Messages handled per wake-up before yielding to other tasks.
 DRAIN_BATCH = 256
 # The registry answers every question at once; waiting longer means it is wedged.
@@ -146,6 +147,7 @@ class Registry:
         self._intake_send, self._intake = trio.open_memory_channel[RegistryMessage](intake_size)
         self._actors: dict[str, _ActorRef] = {}
         self._sessions: dict[SessionHandle, _Watch] = {}
+        self._lost: list[SessionHandle] = []  # overflowed outboxes, dropped between messages
         self._by_user: dict[str, list[SessionHandle]] = {}
         self._subscribers: dict[str, set[SessionHandle]] = {}
         self._nursery: trio.Nursery | None = None
@@ -199,16 +201,24 @@ class Registry:
                     self._dispatch(message)
 
     def _dispatch(self, message: RegistryMessage) -> None:
+        self._handle(message)
+        if self._lost:
+            self._drop_lost()
+
+    def _handle(self, message: RegistryMessage) -> None:
         match message:
             case Publish(view, push, cause):
                 self._on_publish(view, push, cause)
             case Request(session, body):
                 self._on_request(message, session, body)
             case Attach(session):
-                self._tell(session.user_id, message)
+                if session.present:
+                    self._tell(session.user_id, message)
+                else:
+                    self._on_accepted(session)  # an observer: no actor, no presence
             case Detach(session):
                 self._unindex(session)
-                if session.user_id in self._actors:
+                if session.present and session.user_id in self._actors:
                     self._tell(session.user_id, message)
             case Accepted(session):
                 self._on_accepted(session)
@@ -309,13 +319,24 @@ class Registry:
         if session not in self._sessions:
             return  # not live (yet, or any more): nothing to answer
         forbidden = message.user_id is not None and message.user_id != session.user_id
-        if isinstance(message, _USER_REQUESTS) and not forbidden:
+        user_request = isinstance(message, _USER_REQUESTS)
+        if not session.present:
+            if isinstance(message, Heartbeat):
+                return  # observers have no presence to keep alive
+            forbidden = forbidden or user_request or isinstance(message, _POLICY_REQUESTS)
+        elif user_request and not forbidden:
             self._tell(session.user_id, request)
             return
-        self._tell(session.user_id, Seen(session))
+        else:
+            self._tell(session.user_id, Seen(session))
         try:
             if forbidden:
-                raise ProtocolError(ErrorCode.FORBIDDEN, "userId must be your own user")
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    "observers cannot change presence or privacy"
+                    if not session.present
+                    else "userId must be your own user",
+                )
             reply = self._answer_request(session, message)
         except ProtocolError as exc:
             reply = Error(
@@ -463,23 +484,34 @@ class Registry:
         if session.deliver(item):
             return True
         if session.close_code == CLOSE_TRY_AGAIN_LATER and session in self._sessions:
-            self._unindex(session)
-            self._tell(session.user_id, Detach(session))
+            self._lost.append(session)  # dropped after this message: the index may be mid-walk
         return False
+
+    def _drop_lost(self) -> None:
+        lost, self._lost = self._lost, []
+        for session in lost:
+            self._unindex(session)
+            if session.present:
+                self._tell(session.user_id, Detach(session))
 
     def _watchers_of(self, user_id: str) -> Iterator[SessionHandle]:
         """Every live session that follows ``user_id`` in the fan-out mode, once each."""
-        if not self._contacts_mode:
-            yield from list(self._sessions)
-            return
         seen: set[SessionHandle] = set()
-        for session in self._by_user.get(user_id, ()):
-            seen.add(session)
-            yield session
-        for contact in self.policy.contact_list(user_id):
-            for session in self._by_user.get(contact, ()):
-                seen.add(session)
-                yield session
+        if not self._contacts_mode:
+            for session in self._sessions:
+                if session.watches is Watches.MODE:
+                    seen.add(session)
+                    yield session
+        else:
+            for session in self._by_user.get(user_id, ()):
+                if session.watches is Watches.MODE:
+                    seen.add(session)
+                    yield session
+            for contact in self.policy.contact_list(user_id):
+                for session in self._by_user.get(contact, ()):
+                    if session.watches is Watches.MODE:
+                        seen.add(session)
+                        yield session
         for session in self._subscribers.get(user_id, ()):
             if session not in seen:
                 yield session

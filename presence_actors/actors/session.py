@@ -8,6 +8,7 @@ the transport to close through a callback.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Protocol
 
@@ -69,9 +70,25 @@ def _ignore_close(code: int, reason: str) -> None:
     pass
 
 
+class Watches(enum.Enum):
+    """What a session is pushed."""
+
+    MODE = "mode"  # what presence.fanout gives it (everyone, or contacts), plus subscriptions
+    SUBSCRIPTIONS = "subscriptions"  # only the users it subscribed to (gRPC streams)
+    NOTHING = "nothing"  # no pushes at all (gRPC TTL sessions)
+
+
+# The user_id of a session that watches without being anyone: it sees what an
+# anonymous HTTP caller sees (users visible to everyone). Never a valid userId.
+ANONYMOUS = ""
+
+
 @define(eq=False)
 class SessionHandle:
     """One live attachment of a user, as the engine sees it.
+
+    A present session is one of the user's devices: it counts towards the
+    user's status and liveness. A session that is not present only watches.
 
     ``closing`` is a one-way latch: once a close was requested (by the engine
     or the transport) the engine delivers nothing more to this session.
@@ -83,6 +100,9 @@ class SessionHandle:
     device_type: DeviceType
     outbox: Outbox
     on_close: Callable[[int, str], None] = _ignore_close
+    # False: an observer; it shows no presence, has no actor and changes nothing.
+    present: bool = True
+    watches: Watches = Watches.MODE
     closing: bool = field(default=False, init=False)
     close_code: int | None = field(default=None, init=False)
     close_reason: str = field(default="", init=False)

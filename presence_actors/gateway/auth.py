@@ -66,6 +66,16 @@ class Authenticator:
         """The caller of an /api read: anonymous in ``none`` mode."""
         return Identity(None)
 
+    def acting_user(self, headers: dict[str, str], claimed: str) -> Identity:
+        """The user an RPC acts as (gRPC ``user_id`` fields, ``authorization`` metadata).
+
+        ``none`` mode trusts ``claimed``; raises AuthError (INVALID_USER_ID /
+        UNAUTHORIZED) when it cannot be the caller.
+        """
+        if not is_valid_user_id(claimed):
+            raise AuthError(ErrorCode.INVALID_USER_ID, f"invalid user id {claimed!r}", 400)
+        return Identity(claimed)
+
     def admin(self, headers: dict[str, str]) -> None:
         """Raises AuthError unless the caller may use /api/admin routes."""
         expected = self.settings.admin_token
