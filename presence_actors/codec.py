@@ -8,7 +8,7 @@ carrying the code the client is told. Unknown extra fields are ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from attrs import fields
@@ -16,7 +16,18 @@ from cattrs import ClassValidationError, Converter, IterableValidationError, tra
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from . import protocol as p
-from .model import DeviceType, Status, UserView, Visibility, format_timestamp, is_valid_user_id
+from .model import (
+    DeviceType,
+    DeviceView,
+    Status,
+    UserView,
+    Visibility,
+    format_timestamp,
+    is_valid_user_id,
+    parse_timestamp,
+)
+
+T = TypeVar("T")
 
 _converter = Converter(forbid_extra_keys=False)
 
@@ -141,13 +152,23 @@ def structure_client_message(raw: object) -> p.ClientMessage:
         raise p.ProtocolError(p.ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     if cls is p.SetStatus and "statusMessage" in raw and raw["statusMessage"] is None:
         raw = {**raw, "statusMessage": ""}
+    return structure(raw, cls, kind)
+
+
+def structure(raw: object, cls: type[T], what: str) -> T:
+    """Structure a parsed JSON object into ``cls`` strictly; ProtocolError on refusal.
+
+    ``what`` names the object in error messages (``set_status.statusMessage``).
+    """
+    if not isinstance(raw, dict):
+        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, f"{what} must be a JSON object")
     try:
         return _converter.structure(raw, cls)
     except (ClassValidationError, IterableValidationError) as exc:
         found = _first_protocol_error(exc)
         if found is not None:
             raise found from None
-        detail = "; ".join(transform_error(exc, path=kind, format_exception=_describe))
+        detail = "; ".join(transform_error(exc, path=what, format_exception=_describe))
         raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, _wire_names(detail)) from None
     except ValueError as exc:  # attrs validators (lengths) raise outside the group
         raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, str(exc)) from None
@@ -250,3 +271,129 @@ def make_push(view: UserView, timestamp: int) -> p.Push:
     wire["type"] = p.UserStatusChange.TYPE
     wire["timestamp"] = format_timestamp(timestamp)
     return p.Push(view, timestamp, orjson.dumps(wire).decode())
+
+
+# --- the client's side: decoding server messages, encoding client messages ----------
+#
+# The inverse of the two directions above, for clients written in Python (the
+# ``presence_actors.client`` module, the command line, tests). The server is
+# trusted to speak the protocol, so these converters use cattrs' ordinary hooks
+# rather than the strict ones the server applies to clients.
+
+
+class ServerMessageError(ValueError):
+    """A server frame that is not JSON, has an unknown ``type`` or a malformed field."""
+
+
+def _timestamp(value: Any, _: type) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 timestamp, got {_json_kind(value)}")
+    return parse_timestamp(value)
+
+
+def _optional_timestamp(value: Any, kind: type) -> int | None:
+    return None if value is None else _timestamp(value, kind)
+
+
+def _camel_overrides(cls: type) -> dict[str, Any]:
+    return {a.name: override(rename=_camel(a.name)) for a in fields(cls)}
+
+
+_decoder = Converter(forbid_extra_keys=False)
+_decoder.register_structure_hook(
+    DeviceView, make_dict_structure_fn(DeviceView, _decoder, **_camel_overrides(DeviceView))
+)
+# ``online`` is derived from ``status``; a missing ``devices`` (user_status,
+# user_status_change) is the empty tuple, UserView's default.
+_decoder.register_structure_hook(
+    UserView,
+    make_dict_structure_fn(
+        UserView,
+        _decoder,
+        **{
+            **_camel_overrides(UserView),
+            "last_seen": override(rename="lastSeen", struct_hook=_optional_timestamp),
+        },
+    ),
+)
+
+
+def _register_decoder(cls: type[p.ServerMessage]) -> None:
+    overrides = _camel_overrides(cls)
+    overrides["timestamp"] = override(struct_hook=_timestamp)
+    base = make_dict_structure_fn(cls, _decoder, **overrides)
+    if "view" not in overrides:
+        _decoder.register_structure_hook(cls, base)
+        return
+
+    # The view's fields are the message's own top-level fields (see _status_fields).
+    def structure(raw: Any, kind: type) -> Any:
+        return base({**raw, "view": raw}, kind)
+
+    _decoder.register_structure_hook(cls, structure)
+
+
+for _server_cls in p.SERVER_MESSAGES:
+    _register_decoder(_server_cls)
+
+_SERVER_TYPES: dict[str, type[p.ServerMessage]] = {cls.TYPE: cls for cls in p.SERVER_MESSAGES}
+
+
+def decode_server_message(data: str | bytes) -> p.ServerMessage:
+    """Parse one server frame into its message class; the inverse of :func:`encode`.
+
+    Raises ServerMessageError for a frame that is not a JSON object, whose
+    ``type`` is unknown (a newer server), or whose fields do not fit.
+    """
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ServerMessageError(f"invalid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ServerMessageError("a server message must be a JSON object")
+    kind = raw.get("type")
+    cls = _SERVER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ServerMessageError(f"unknown server message type {kind!r}")
+    try:
+        return _decoder.structure(raw, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        detail = "; ".join(transform_error(exc, path=cls.TYPE, format_exception=_describe))
+        raise ServerMessageError(detail) from None
+
+
+def view_from_wire(raw: object) -> UserView:
+    """The inverse of :func:`view_to_wire` (REST bodies carry UserViews too)."""
+    try:
+        return _decoder.structure(raw, UserView)
+    except (ClassValidationError, IterableValidationError) as exc:
+        detail = "; ".join(transform_error(exc, path="user", format_exception=_describe))
+        raise ServerMessageError(detail) from None
+
+
+_client_encoder = Converter()
+
+
+def _register_client_encoder(cls: type[p.ClientMessage]) -> None:
+    base = make_dict_unstructure_fn(
+        cls, _client_encoder, _cattrs_omit_if_default=True, **_camel_overrides(cls)
+    )
+    tag = cls.TYPE
+
+    def unstructure(message: Any) -> dict[str, Any]:
+        return {"type": tag, **base(message)}
+
+    _client_encoder.register_unstructure_hook(cls, unstructure)
+
+
+for _client_cls in p.CLIENT_MESSAGES:
+    _register_client_encoder(_client_cls)
+
+
+def encode_client_message(message: p.ClientMessage) -> str:
+    """The JSON text of a client message; fields left at their default are omitted.
+
+    ``decode_client_message(encode_client_message(m)) == m``.
+    """
+    wire = _client_encoder.unstructure(message, type(message))
+    return orjson.dumps(wire).decode()

@@ -18,7 +18,9 @@ from .engine_harness import make_settings
 
 
 @asynccontextmanager
-async def running_server(tmp_path: Path, **sections: Mapping[str, Any]) -> AsyncIterator[RunningServer]:
+async def running_server(
+    tmp_path: Path, **sections: Mapping[str, Any]
+) -> AsyncIterator[RunningServer]:
     """A server on 127.0.0.1 with a free port, its database in ``tmp_path``."""
     sections = {**sections}
     sections["server"] = {"port": 0, **sections.get("server", {})}

@@ -9,5 +9,11 @@ from .server_harness import running_server, ws_client
 
 async def test_a_session_round_trip(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server, ws_client(server, "alice") as alice:
-        reply = await alice.request({"type": "set_status", "status": "busy", "requestId": "r"}, "status_updated")
-        assert (reply["status"], reply["effectiveStatus"], reply["requestId"]) == ("busy", "busy", "r")
+        reply = await alice.request(
+            {"type": "set_status", "status": "busy", "requestId": "r"}, "status_updated"
+        )
+        assert (reply["status"], reply["effectiveStatus"], reply["requestId"]) == (
+            "busy",
+            "busy",
+            "r",
+        )

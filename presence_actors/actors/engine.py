@@ -23,7 +23,7 @@ from ..persistence.writer import PersistenceActor
 from ..protocol import ClientMessage, ProtocolError
 from .clock import WallClock
 from .directory import Directory
-from .messages import Attach, Detach, Query, Request
+from .messages import AdminCommand, Attach, Detach, Query, Request
 from .policy import Policy
 from .registry import Registry
 from .session import SessionHandle
@@ -58,6 +58,25 @@ class Engine:
     async def request(self, session: SessionHandle, message: ClientMessage) -> None:
         """Submit a client request; its reply (or error) arrives in the session's outbox."""
         await self.registry.tell(Request(session, message))
+
+    async def command(self, command: AdminCommand) -> None:
+        """Apply an admin change (contacts, visibility) and show it to watchers at once.
+
+        Raises ProtocolError (STORE_ERROR) when the writer cannot take it now.
+        Returns once the registry applied it; ``writer.flush()`` makes it durable.
+        """
+        await self.registry.command(command)
+
+    async def record_shutdown(self) -> None:
+        """Record everyone shown online as offline (reason ``shutdown``) and commit it.
+
+        Bounded by ``server.graceful_timeout`` and shielded; safe to call more
+        than once (the later calls write the same rows again).
+        """
+        with trio.move_on_after(self.settings.server.graceful_timeout, shield=True):
+            for intent in self.registry.final_offline(self.clock.now_ms()):
+                await self.writer.submit(intent)
+            await self.writer.flush()
 
     async def ask(self, query: Query) -> Any:
         """Answer a read-only question; raises ProtocolError for a refused one."""
@@ -117,12 +136,11 @@ async def open_engine(
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(registry.run)
+            engine = Engine(settings, clock, registry, writer)
             try:
-                yield Engine(settings, clock, registry, writer)
+                yield engine
             finally:
-                with trio.move_on_after(settings.server.graceful_timeout, shield=True):
-                    for intent in registry.final_offline(clock.now_ms()):
-                        await writer.submit(intent)
+                await engine.record_shutdown()
                 nursery.cancel_scope.cancel()
     finally:
         store.close()

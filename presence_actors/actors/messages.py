@@ -122,6 +122,44 @@ class PolicyView:
     blocked: frozenset[str]
 
 
+# --- admin changes (HTTP admin routes) -----------------------------------------------
+
+
+@frozen
+class ReplaceContacts:
+    user_id: str
+    contacts: frozenset[str]
+
+
+@frozen
+class AddContact:
+    user_id: str
+    contact_id: str
+
+
+@frozen
+class RemoveContact:
+    user_id: str
+    contact_id: str
+
+
+@frozen
+class SetVisibility:
+    user_id: str
+    visibility: Visibility
+
+
+AdminCommand = ReplaceContacts | AddContact | RemoveContact | SetVisibility
+
+
+@frozen
+class Command:
+    """An admin change; the reply is None, or the ProtocolError that refused it."""
+
+    command: AdminCommand
+    reply: trio.MemorySendChannel[Any]
+
+
 Query = ViewsQuery | LookupQuery | ListQuery | StatsQuery | PolicyQuery
 
 
@@ -132,4 +170,4 @@ class Ask:
 
 
 ActorMessage = Attach | Detach | Request | Seen | Tick
-RegistryMessage = Attach | Detach | Request | Accepted | Ended | Publish | Retiring | Ask
+RegistryMessage = Attach | Detach | Request | Accepted | Ended | Publish | Retiring | Ask | Command

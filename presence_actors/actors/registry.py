@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,9 @@ from ..model import Status, UserView, Visibility, unknown_user
 from ..persistence.intents import (
     BlockAdded,
     BlockRemoved,
+    ContactAdded,
+    ContactRemoved,
+    ContactsReplaced,
     Intent,
     PresenceEvent,
     PresenceRow,
@@ -52,6 +55,7 @@ from ..protocol import (
     PresenceState,
     PrivacyUpdated,
     ProtocolError,
+    Push,
     ServerMessage,
     SetPrivacy,
     SetStatus,
@@ -68,8 +72,11 @@ from .directory import Directory, decode_cursor
 from .messages import (
     TICK,
     ActorMessage,
+    AddContact,
+    AdminCommand,
     Ask,
     Attach,
+    Command,
     Detach,
     EngineStats,
     ListQuery,
@@ -78,9 +85,12 @@ from .messages import (
     PolicyView,
     Query,
     RegistryMessage,
+    RemoveContact,
+    ReplaceContacts,
     Request,
     Retiring,
     Seen,
+    SetVisibility,
     StatsQuery,
     UserPage,
     ViewsQuery,
@@ -174,6 +184,15 @@ class Registry:
         except trio.WouldBlock:
             await self._intake_send.send(message)
 
+    async def command(self, command: AdminCommand) -> None:
+        """Apply an admin change; raises ProtocolError when it is refused."""
+        reply_send, reply_receive = trio.open_memory_channel[ProtocolError | None](1)
+        with trio.fail_after(ASK_TIMEOUT):
+            await self._intake_send.send(Command(command, reply_send))
+            refusal = await reply_receive.receive()
+        if refusal is not None:
+            raise refusal
+
     async def ask(self, query: Query) -> Any:
         """Ask a read-only question; raises trio.TooSlowError after ASK_TIMEOUT."""
         reply_send, reply_receive = trio.open_memory_channel[Any](1)
@@ -228,6 +247,13 @@ class Registry:
                 self._on_retiring(user_id, processed)
             case Ask(query, reply):
                 reply.send_nowait(self.answer(query))
+            case Command(command, reply):
+                try:
+                    self.apply_admin(command)
+                except ProtocolError as exc:
+                    reply.send_nowait(exc)
+                else:
+                    reply.send_nowait(None)
 
     # --- actors --------------------------------------------------------------------
 
@@ -372,20 +398,16 @@ class Registry:
                 self._unsubscribe(session, user_ids)
                 return Unsubscribed(timestamp=stamp, request_id=rid, user_ids=user_ids)
             case SetPrivacy(visibility=visibility):
-                self._change_policy(
-                    me,
-                    lambda: self.policy.set_visibility(me, visibility),
-                    VisibilityRow(me, visibility, stamp),
-                )
+                self.apply_admin(SetVisibility(me, visibility))
                 return PrivacyUpdated(timestamp=stamp, request_id=rid, visibility=visibility)
             case Block(target_user_id=target):
                 self._change_policy(
-                    me, lambda: self.policy.block(me, target), BlockAdded(me, target)
+                    [me], lambda: self.policy.block(me, target), [BlockAdded(me, target)]
                 )
                 return Blocked(timestamp=stamp, request_id=rid, target_user_id=target)
             case Unblock(target_user_id=target):
                 self._change_policy(
-                    me, lambda: self.policy.unblock(me, target), BlockRemoved(me, target)
+                    [me], lambda: self.policy.unblock(me, target), [BlockRemoved(me, target)]
                 )
                 return Unblocked(timestamp=stamp, request_id=rid, target_user_id=target)
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unhandled message type {message.TYPE!r}")
@@ -424,34 +446,81 @@ class Registry:
                 if not subscribers:
                     del self._subscribers[target]
 
-    def _persist_nowait(self, intent: Intent) -> None:
-        try:
-            self._writer.submit_nowait(intent)
-        except trio.WouldBlock:
-            raise ProtocolError(
-                ErrorCode.STORE_ERROR, "the store is busy; try again shortly"
-            ) from None
+    def _change_policy(
+        self, user_ids: Iterable[str], change: Callable[[], None], intents: Iterable[Intent]
+    ) -> None:
+        """Apply a policy change about ``user_ids`` and show its effect at once.
 
-    def _change_policy(self, user_id: str, change: Callable[[], None], intent: Intent) -> None:
-        """Apply a visibility change of ``user_id`` and show its effect to watchers at once.
-
-        Watchers that lose sight of the user see it go offline (and nothing
-        after); watchers that gain it see its current state.
+        Every session that watched one of them or watches it now is looked at:
+        a watcher that loses sight of a user sees it go offline (and nothing
+        after); a watcher that gains sight of it, or starts watching it (a new
+        contact), is pushed its current state. The intents are accepted by the
+        writer before anything changes, or the change is refused (STORE_ERROR).
         """
-        self._persist_nowait(intent)
-        watchers = list(self._watchers_of(user_id))
-        before = [self.policy.may_see(w.user_id, user_id) for w in watchers]
+        intents = list(intents)
+        self._reserve(len(intents))
+        for intent in intents:
+            self._writer.submit_nowait(intent)
+        targets = list(dict.fromkeys(user_ids))
+        may_see = self.policy.may_see
+        before = {
+            target: {w: may_see(w.user_id, target) for w in self._watchers_of(target)}
+            for target in targets
+        }
         change()
         stamp = self.rules.clock.now_ms()
-        view = self.directory.get(user_id) or unknown_user(user_id)
-        hidden = make_push(unknown_user(user_id), stamp)
-        shown = make_push(view, stamp)
-        for watcher, could in zip(watchers, before, strict=True):
-            can = self.policy.may_see(watcher.user_id, user_id)
-            if could and not can:
-                self._deliver_push(watcher, hidden)
-            elif can and not could and view.pushed_part() != hidden.view.pushed_part():
-                self._deliver_push(watcher, shown)
+        for target in targets:
+            could_see = before[target]
+            now_watching = {w: may_see(w.user_id, target) for w in self._watchers_of(target)}
+            view = self.directory.get(target)
+            hidden: Push | None = None
+            shown: Push | None = None
+            for watcher in could_see.keys() | now_watching.keys():
+                if watcher.user_id == target:
+                    continue
+                could, can = could_see.get(watcher, False), now_watching.get(watcher, False)
+                if could and not may_see(watcher.user_id, target):
+                    hidden = hidden or make_push(unknown_user(target), stamp)
+                    self._deliver_push(watcher, hidden)
+                elif can and not could and view is not None:
+                    shown = shown or make_push(self.view_for(watcher.user_id, target), stamp)
+                    self._deliver_push(watcher, shown)
+
+    def _reserve(self, count: int) -> None:
+        """Refuse (STORE_ERROR) unless the writer can take ``count`` intents now."""
+        if self._writer.free_slots() < count:
+            raise ProtocolError(ErrorCode.STORE_ERROR, "the store is busy; try again shortly")
+
+    def apply_admin(self, command: AdminCommand) -> None:
+        """An admin change (contacts, visibility), applied like a user's own change."""
+        stamp = self.rules.clock.now_ms()
+        policy = self.policy
+        match command:
+            case ReplaceContacts(user_id, contacts):
+                old = policy.contacts(user_id)
+                self._change_policy(
+                    [user_id, *old, *contacts],
+                    lambda: policy.replace_contacts(user_id, contacts),
+                    [ContactsReplaced(user_id, frozenset(contacts))],
+                )
+            case AddContact(user_id, contact_id):
+                self._change_policy(
+                    [user_id, contact_id],
+                    lambda: policy.add_contact(user_id, contact_id),
+                    [ContactAdded(user_id, contact_id)],
+                )
+            case RemoveContact(user_id, contact_id):
+                self._change_policy(
+                    [user_id, contact_id],
+                    lambda: policy.remove_contact(user_id, contact_id),
+                    [ContactRemoved(user_id, contact_id)],
+                )
+            case SetVisibility(user_id, visibility):
+                self._change_policy(
+                    [user_id],
+                    lambda: policy.set_visibility(user_id, visibility),
+                    [VisibilityRow(user_id, visibility, stamp)],
+                )
 
     # --- changes and fan-out ---------------------------------------------------------
 

@@ -50,6 +50,8 @@ class Writer(Protocol):
 
     def submit_nowait(self, intent: Intent) -> None: ...
 
+    def free_slots(self) -> int: ...
+
 
 class UserActor:
     """Owns one user's presence; restartable from the last state it committed."""

@@ -13,13 +13,31 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import trio
+from attrs import frozen
 
-from ..actors import Engine, ListQuery, LookupQuery, StatsQuery, ViewsQuery
+from .. import codec
+from ..actors import Engine, ListQuery, LookupQuery, PolicyQuery, StatsQuery, ViewsQuery
+from ..actors.messages import (
+    AddContact,
+    AdminCommand,
+    RemoveContact,
+    ReplaceContacts,
+    SetVisibility,
+)
 from ..codec import view_to_wire
 from ..config import Settings
-from ..model import Status, UserView, format_timestamp, is_valid_user_id, parse_timestamp
+from ..model import (
+    Status,
+    UserView,
+    Visibility,
+    format_timestamp,
+    is_valid_user_id,
+    parse_timestamp,
+)
 from ..persistence.store import open_reader
+from ..persistence.writer import WriterNotRunning
 from ..protocol import ErrorCode, ProtocolError
 from .asgi import Receive, Scope, Send, headers_of, query_of, respond_error, respond_json
 from .auth import Authenticator, AuthError, Identity
@@ -41,6 +59,19 @@ _STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 _MAX_HISTORY = 1000
+_ADMIN_USER = r"/api/admin/users/(?P<user_id>[^/]+)"
+# Admin bodies are small JSON objects; a contact list of thousands fits easily.
+_MAX_BODY = 1 << 20
+
+
+@frozen
+class ContactsBody:
+    contacts: tuple[str, ...]
+
+
+@frozen
+class PrivacyBody:
+    visibility: Visibility
 
 
 class HttpError(Exception):
@@ -74,10 +105,20 @@ class HttpApi:
             ("GET", re.compile(r"/api/users/(?P<user_id>[^/]+)/history"), self._history),
             ("GET", re.compile(r"/api/presence"), self._presence),
             ("GET", re.compile(r"/api/stats"), self._stats),
+            ("GET", re.compile(_ADMIN_USER), self._admin_policy),
+            ("PUT", re.compile(_ADMIN_USER + "/contacts"), self._replace_contacts),
+            (
+                "POST",
+                re.compile(_ADMIN_USER + "/contacts/(?P<contact_id>[^/]+)"),
+                self._add_contact,
+            ),
+            (
+                "DELETE",
+                re.compile(_ADMIN_USER + "/contacts/(?P<contact_id>[^/]+)"),
+                self._remove_contact,
+            ),
+            ("PUT", re.compile(_ADMIN_USER + "/privacy"), self._set_privacy),
         ]
-
-    def add_route(self, method: str, pattern: str, handler: Handler) -> None:
-        self._routes.append((method, re.compile(pattern), handler))
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -186,6 +227,67 @@ class HttpApi:
             ],
         }
 
+    # --- admin ---------------------------------------------------------------------
+
+    async def _admin(self, scope: Scope, command: AdminCommand) -> None:
+        """Apply ``command`` and return once it is committed (so it survives a crash)."""
+        self.auth.admin(headers_of(scope))
+        await self.engine.command(command)
+        try:
+            await self.engine.writer.flush()
+        except WriterNotRunning as exc:
+            raise HttpError(503, ErrorCode.STORE_ERROR, str(exc)) from None
+
+    async def _admin_policy(
+        self, scope: Scope, _: Receive, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        self.auth.admin(headers_of(scope))
+        user_id = _user_id(params["user_id"])
+        policy = await self.engine.ask(PolicyQuery(user_id))
+        return 200, {
+            "success": True,
+            "userId": user_id,
+            "visibility": policy.visibility.value,
+            "contacts": sorted(policy.contacts),
+            "blocked": sorted(policy.blocked),
+        }
+
+    async def _replace_contacts(
+        self, scope: Scope, receive: Receive, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        self.auth.admin(headers_of(scope))
+        user_id = _user_id(params["user_id"])
+        body = codec.structure(await _body(receive), ContactsBody, "body")
+        most = self.settings.limits.max_subscriptions
+        if len(body.contacts) > most:
+            raise HttpError(400, ErrorCode.LIMIT_EXCEEDED, f"at most {most} contacts")
+        contacts = frozenset(body.contacts) - {user_id}
+        await self._admin(scope, ReplaceContacts(user_id, contacts))
+        return 200, {"success": True, "userId": user_id, "contacts": sorted(contacts)}
+
+    async def _add_contact(
+        self, scope: Scope, _: Receive, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        user_id, contact_id = _user_id(params["user_id"]), _user_id(params["contact_id"])
+        await self._admin(scope, AddContact(user_id, contact_id))
+        return 200, {"success": True, "userId": user_id, "contactId": contact_id}
+
+    async def _remove_contact(
+        self, scope: Scope, _: Receive, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        user_id, contact_id = _user_id(params["user_id"]), _user_id(params["contact_id"])
+        await self._admin(scope, RemoveContact(user_id, contact_id))
+        return 200, {"success": True, "userId": user_id, "contactId": contact_id}
+
+    async def _set_privacy(
+        self, scope: Scope, receive: Receive, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        self.auth.admin(headers_of(scope))
+        user_id = _user_id(params["user_id"])
+        body = codec.structure(await _body(receive), PrivacyBody, "body")
+        await self._admin(scope, SetVisibility(user_id, body.visibility))
+        return 200, {"success": True, "userId": user_id, "visibility": body.visibility.value}
+
     async def _stats(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
         stats = await self.engine.ask(StatsQuery())
         return 200, {
@@ -197,6 +299,25 @@ class HttpApi:
             "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "node": self.node,
         }
+
+
+async def _body(receive: Receive) -> object:
+    """The request's JSON body; 413 past _MAX_BODY, 400 when it is not JSON."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise HttpError(413, ErrorCode.TOO_LARGE, f"bodies are limited to {_MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
 
 
 def _user_id(value: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import cast
 
 import hypercorn.trio
@@ -64,14 +65,12 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
 
     On exit: new connections are refused, open sessions are closed with 1001,
     hypercorn waits up to ``server.graceful_timeout`` for connections to end,
-    then the engine records everyone offline and makes its final flush.
+    and the engine records everyone offline and commits. The commit does not
+    wait for connections that still have not ended (a peer that stopped
+    reading can hold a send forever); see :func:`serve_until_signalled`.
     """
     metrics = Metrics()
-    if settings.auth.mode == "none" and settings.server.host not in (
-        "127.0.0.1",
-        "::1",
-        "localhost",
-    ):
+    if settings.auth.mode == "none" and settings.server.host not in _LOOPBACK:
         log.warning(
             "auth.mode is 'none' and the server listens on %s: anyone who can reach it can "
             "claim any userId. Set auth.mode = 'jwt' before exposing it.",
@@ -80,30 +79,61 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
     async with open_engine(settings, on_commit=metrics.observe_commit) as engine:
         app = PresenceApp(engine, settings, metrics)
         shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                partial(
-                    hypercorn.trio.serve,
+        served = trio.Event()
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn.trio.serve(
                     cast(ASGIFramework, app),
                     hypercorn_config(settings),
                     shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
                 )
-            )
+            finally:
+                served.set()
+
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(serve)
             port = int(binds[0].rsplit(":", 1)[1])
             try:
                 yield RunningServer(tuple(binds), port, app, engine)
             finally:
                 shutdown.set()
                 app.websockets.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                with trio.move_on_after(settings.server.graceful_timeout, shield=True):
+                    await served.wait()
+                if not served.is_set():
+                    log.warning("%d connections did not end in time", len(app.websockets.sessions))
+                await engine.record_shutdown()
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 async def serve_until_signalled(
     settings: Settings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully and return."""
+    """Serve until SIGINT or SIGTERM, then shut down gracefully and return.
+
+    A connection whose peer stopped reading can keep a send (and with it the
+    process) alive after everything was committed; a watchdog ends the
+    process once the shutdown has taken twice the graceful timeout.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(settings) as server:
             task_status.started(server)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
+                _start_watchdog(2 * settings.server.graceful_timeout + 1)
                 break
+
+
+def _start_watchdog(seconds: float) -> None:
+    def expire() -> None:
+        log.warning("shutdown still waiting on stuck connections after %.1fs; exiting", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()

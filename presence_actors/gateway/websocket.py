@@ -17,7 +17,12 @@ import trio
 
 from .. import codec
 from ..actors import Engine, MemoryOutbox, SessionHandle
-from ..actors.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Outgoing
+from ..actors.session import (
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
+    Outgoing,
+)
 from ..config import Settings
 from ..metrics import Metrics
 from ..model import DeviceType, is_valid_user_id
@@ -162,6 +167,8 @@ class WebSocketSession:
                 if self._close_code is not None:
                     self._metrics.closes[self._close_code] += 1
                     with trio.move_on_after(CLOSE_SEND_TIMEOUT):
+                        if self._close_code != CLOSE_TRY_AGAIN_LATER:
+                            await self._flush()  # e.g. the error that explains the close
                         await self._send(
                             {
                                 "type": "websocket.close",
@@ -230,6 +237,15 @@ class WebSocketSession:
         async for item in self._outbox.receive:
             await self._write(item)
 
+    async def _flush(self) -> None:
+        """Send what is already queued (never waits for more)."""
+        while True:
+            try:
+                item = self._outbox.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._write(item)
+
     async def _write(self, item: Outgoing) -> None:
         if isinstance(item, Push):
             text, kind = item.frame, "user_status_change"
@@ -238,4 +254,8 @@ class WebSocketSession:
             if isinstance(item, Error):
                 self._metrics.errors[item.code.value] += 1
         self._metrics.messages_out[kind] += 1
-        await self._send({"type": "websocket.send", "text": text})
+        # Shielded: a send cancelled half-way loses the frame inside hypercorn
+        # (the frame is encoded before the socket lock is taken). Cancellation
+        # lands between messages instead.
+        with trio.CancelScope(shield=True):
+            await self._send({"type": "websocket.send", "text": text})

@@ -191,6 +191,11 @@ class PersistenceActor:
         except trio.BrokenResourceError:
             raise WriterNotRunning("the persistence writer has stopped") from None
 
+    def free_slots(self) -> int:
+        """How many intents ``submit_nowait`` would accept right now."""
+        stats = self._intake_send.statistics()
+        return max(0, int(stats.max_buffer_size) - stats.current_buffer_used)
+
     async def flush(self) -> None:
         """Return once every intent submitted before this call is committed.
 
