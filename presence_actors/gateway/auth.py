@@ -1,18 +1,25 @@
-"""Who is calling: the user of a WebSocket session or HTTP request, and admin rights.
+"""Who is calling: the user of a WebSocket session, HTTP request or RPC, and admin rights.
 
-``auth.mode = "none"``: a WebSocket names its user with ``userId``; HTTP reads
-are anonymous. Admin routes need ``auth.admin_token`` when one is set, and are
-open otherwise (``none`` mode only).
+``auth.mode = "none"`` (the embedded default): a WebSocket names its user with
+``userId``, HTTP reads are anonymous, an RPC acts as the user it names.
+``auth.mode = "jwt"``: the user is the ``sub`` of a JWT (PyJWT) signed with
+``auth.jwt_secret`` (HS*) or the key in ``auth.jwt_public_key_file`` (RS*/ES*/PS*),
+only with the algorithms in ``auth.jwt_algorithms``; ``exp`` is required and
+checked with ``auth.jwt_leeway``. Admin routes need ``auth.admin_token``; without
+one they are open in ``none`` mode only.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
+from pathlib import Path
 
+import jwt
 from attrs import frozen
 
-from ..config import AuthSettings
+from ..config import AuthSettings, ConfigError
 from ..model import is_valid_user_id
 from ..protocol import ErrorCode
 
@@ -27,6 +34,10 @@ class AuthError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+def _unauthorized(message: str) -> AuthError:
+    return AuthError(ErrorCode.UNAUTHORIZED, message, 401)
 
 
 @frozen
@@ -48,30 +59,53 @@ def bearer(headers: dict[str, str]) -> str | None:
 class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
+        self.jwt = settings.mode == "jwt"
+        self._key: str | bytes = settings.jwt_secret
+        if self.jwt and settings.jwt_public_key_file:
+            try:
+                self._key = Path(settings.jwt_public_key_file).read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"auth.jwt_public_key_file = {settings.jwt_public_key_file!r}: {exc.strerror}"
+                ) from None
+
+    # --- callers -------------------------------------------------------------------
 
     def websocket(self, query: dict[str, str], headers: dict[str, str]) -> Identity:
-        """The session's user; raises AuthError (INVALID_USER_ID / UNAUTHORIZED)."""
+        """The session's user; raises AuthError (INVALID_USER_ID / UNAUTHORIZED / FORBIDDEN)."""
         self._check_origin(headers)
-        user_id = query.get("userId")
-        if not is_valid_user_id(user_id):
+        claimed = query.get("userId") or None
+        if self.jwt:
+            identity = self._verify(query.get("token") or bearer(headers))
+            if claimed is not None and claimed != identity.user_id:
+                raise _unauthorized("userId does not match the token's subject")
+            return identity
+        if not is_valid_user_id(claimed):
             raise AuthError(
                 ErrorCode.INVALID_USER_ID,
                 "userId is required: 1-128 characters from A-Z a-z 0-9 _ . : @ -",
                 400,
             )
-        assert user_id is not None
-        return Identity(user_id)
+        assert claimed is not None
+        return Identity(claimed)
 
     def http(self, headers: dict[str, str], query: dict[str, str]) -> Identity:
-        """The caller of an /api read: anonymous in ``none`` mode."""
+        """The caller of an /api read: the token's user in ``jwt`` mode, else anonymous."""
+        if self.jwt:
+            return self._verify(bearer(headers) or query.get("token"))
         return Identity(None)
 
     def acting_user(self, headers: dict[str, str], claimed: str) -> Identity:
         """The user an RPC acts as (gRPC ``user_id`` fields, ``authorization`` metadata).
 
-        ``none`` mode trusts ``claimed``; raises AuthError (INVALID_USER_ID /
-        UNAUTHORIZED) when it cannot be the caller.
+        ``none`` mode trusts ``claimed``; ``jwt`` mode takes the token's subject,
+        and a non-empty ``claimed`` must equal it. Raises AuthError.
         """
+        if self.jwt:
+            identity = self._verify(bearer(headers))
+            if claimed and claimed != identity.user_id:
+                raise _unauthorized("user_id does not match the token's subject")
+            return identity
         if not is_valid_user_id(claimed):
             raise AuthError(ErrorCode.INVALID_USER_ID, f"invalid user id {claimed!r}", 400)
         return Identity(claimed)
@@ -80,13 +114,56 @@ class Authenticator:
         """Raises AuthError unless the caller may use /api/admin routes."""
         expected = self.settings.admin_token
         if not expected:
+            if self.jwt:
+                raise AuthError(
+                    ErrorCode.FORBIDDEN, "admin routes are closed: no auth.admin_token is set", 403
+                )
             return
         given = bearer(headers)
         if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise AuthError(ErrorCode.UNAUTHORIZED, "admin routes need the admin token", 401)
+            raise _unauthorized("admin routes need the admin token")
+
+    # --- tokens --------------------------------------------------------------------
+
+    def _verify(self, token: str | None) -> Identity:
+        if not token:
+            raise _unauthorized("a token is required (token parameter or Authorization: Bearer)")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=list(self.settings.jwt_algorithms),
+                leeway=self.settings.jwt_leeway,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorized("the token is not valid yet") from None
+        except jwt.InvalidAlgorithmError:
+            raise _unauthorized("the token's algorithm is not accepted") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"invalid token: {exc}") from None
+        subject = claims["sub"]
+        if not is_valid_user_id(subject):
+            raise _unauthorized("the token's subject is not a valid user id")
+        return Identity(subject, float(claims["exp"]))
 
     def _check_origin(self, headers: dict[str, str]) -> None:
+        # Browsers always send Origin; other clients have no page to be hijacked from.
         allowed = self.settings.allowed_origins
         origin = headers.get("origin")
         if allowed and origin is not None and origin not in allowed:
             raise AuthError(ErrorCode.FORBIDDEN, f"origin {origin!r} is not allowed", 403)
+
+
+def mint_token(settings: AuthSettings, user_id: str, ttl: float) -> str:
+    """A development token for ``user_id`` signed with ``auth.jwt_secret`` (HS256)."""
+    if not settings.jwt_secret:
+        raise ConfigError("auth.jwt_secret is empty: set it to mint tokens (HS256)")
+    if not is_valid_user_id(user_id):
+        raise ValueError(f"invalid user id {user_id!r}")
+    now = int(time.time())
+    algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), "HS256")
+    claims = {"sub": user_id, "iat": now, "exp": now + int(ttl)}
+    return jwt.encode(claims, settings.jwt_secret, algorithm=algorithm)
