@@ -12,6 +12,7 @@ from ..metrics import Metrics
 from ..protocol import ErrorCode
 from .asgi import Receive, Scope, Send, respond, respond_error, respond_json
 from .auth import Authenticator
+from .grpc_api import GrpcGateway
 from .http_api import HttpApi
 from .websocket import WebSocketGateway
 
@@ -39,6 +40,7 @@ class PresenceApp:
         self.auth = Authenticator(settings.auth)
         self.websockets = WebSocketGateway(engine, settings, self.auth, metrics)
         self.api = HttpApi(engine, settings, self.auth, lambda: metrics.connections)
+        self.grpc = GrpcGateway(engine, settings, self.auth)
         self._web = resources.files("presence_actors.gateway") / "web"
         metrics.read_engine_with(self._engine_values)
 
@@ -58,6 +60,8 @@ class PresenceApp:
         path = scope["path"]
         if path.startswith("/api/"):
             await self.api.handle(scope, receive, send)
+        elif path.startswith(GrpcGateway.PREFIX):
+            await self.grpc.handle(scope, receive, send)
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":

@@ -100,6 +100,7 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
             finally:
                 shutdown.set()
                 app.websockets.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                app.grpc.close_all(CLOSE_GOING_AWAY, "server shutting down")
                 with trio.move_on_after(settings.server.graceful_timeout, shield=True):
                     await served.wait()
                 if not served.is_set():
