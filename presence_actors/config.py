@@ -253,6 +253,12 @@ class ClusterSettings:
 
 
 @frozen
+class WebSettings:
+    # Let the page (and any WebSocket client) connect read-only with ?observer=1.
+    observer: bool = False
+
+
+@frozen
 class SupervisionSettings:
     # A user actor that crashes more than max_restarts times within
     # restart_window escalates: the engine stops instead of looping.
@@ -270,6 +276,7 @@ class Settings:
     logging: LoggingSettings = field(factory=LoggingSettings)
     cluster: ClusterSettings = field(factory=ClusterSettings)
     supervision: SupervisionSettings = field(factory=SupervisionSettings)
+    web: WebSettings = field(factory=WebSettings)
 
 
 class ConfigError(Exception):

@@ -144,3 +144,49 @@ async def test_admin_privacy_and_contacts_validate_input(tmp_path: Path) -> None
                 {"type": "check_user_status", "targetUserId": "alice"}, "user_status"
             )
             assert reply["online"] is False
+
+
+async def test_observers_watch_read_only_and_only_when_enabled(tmp_path: Path) -> None:
+    async with (
+        running_server(tmp_path) as server,
+        ws_client(server, None, welcome=False, observer="1") as refused,
+    ):
+        assert (await refused.next())["code"] == "FORBIDDEN"
+    async with (
+        running_server(tmp_path, web={"observer": True}) as server,
+        ws_client(server, "shy") as shy,
+    ):
+        await shy.request({"type": "set_privacy", "visibility": "contacts"}, "privacy_updated")
+        async with ws_client(server, None, observer="1") as observer:
+            assert observer.received[0]["userId"] == ""
+            async with ws_client(server, "alice") as alice:
+                push = await observer.expect("user_status_change")
+                assert (push["userId"], push["status"]) == ("alice", "online")
+                await shy.request({"type": "set_status", "status": "busy"}, "status_updated")
+                await alice.request({"type": "set_status", "status": "away"}, "status_updated")
+                push = await observer.expect("user_status_change")
+                assert (push["userId"], push["status"]) == ("alice", "away")  # shy never shows
+                everyone = await observer.request({"type": "get_all_users"}, "all_users")
+                assert [u["userId"] for u in everyone["users"]] == ["alice"]
+                count = await observer.request({"type": "get_online_count"}, "online_count")
+                assert count["count"] == 1
+                error = await observer.request({"type": "set_status", "status": "busy"}, "error")
+                assert error["code"] == "FORBIDDEN"
+                ack = await observer.request({"type": "heartbeat"}, "heartbeat_ack")
+                assert ack["nextHeartbeatInSeconds"] > 0
+        status, stats = await http(server.base_url + "/api/stats")
+        assert stats["sessions"] == 1  # only shy: observers are nobody's device
+
+
+async def test_recent_events_for_operators(tmp_path: Path) -> None:
+    async with running_server(
+        tmp_path, persistence={"flush_interval": 0.01}, presence={"grace_period": 0.0}
+    ) as server:
+        async with ws_client(server, "alice") as alice:
+            await alice.request({"type": "set_status", "status": "busy"}, "status_updated")
+        await trio.sleep(0.3)
+        reply = await admin(server, "GET", "/events?limit=2")
+        assert [(e["userId"], e["status"], e["reason"]) for e in reply["events"]] == [
+            ("alice", "offline", "disconnect"),
+            ("alice", "busy", "set_status"),
+        ]

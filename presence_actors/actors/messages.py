@@ -106,6 +106,7 @@ class EngineStats:
     sessions: int
     known_users: int
     actors: int
+    pushes: int = 0
 
 
 @frozen

@@ -48,6 +48,7 @@ from ..protocol import (
     GetOnlineCount,
     GetPresence,
     Heartbeat,
+    HeartbeatAck,
     Identify,
     Logout,
     OnlineCount,
@@ -347,8 +348,15 @@ class Registry:
         forbidden = message.user_id is not None and message.user_id != session.user_id
         user_request = isinstance(message, _USER_REQUESTS)
         if not session.present:
-            if isinstance(message, Heartbeat):
-                return  # observers have no presence to keep alive
+            if isinstance(message, Heartbeat) and not forbidden:
+                # Observers have no presence to keep alive; the ack keeps clients simple.
+                ack = HeartbeatAck(
+                    timestamp=self.rules.clock.now_ms(),
+                    request_id=message.request_id,
+                    next_heartbeat_in_seconds=self.rules.heartbeat_interval,
+                )
+                self._deliver(session, ack)
+                return
             forbidden = forbidden or user_request or isinstance(message, _POLICY_REQUESTS)
         elif user_request and not forbidden:
             self._tell(session.user_id, request)
@@ -661,6 +669,7 @@ class Registry:
                         sessions=len(self._sessions),
                         known_users=len(self.directory),
                         actors=len(self._actors),
+                        pushes=self.stats.pushes,
                     )
                 case PolicyQuery(user_id):
                     return PolicyView(

@@ -39,7 +39,9 @@ class PresenceApp:
         self.metrics = metrics
         self.auth = Authenticator(settings.auth)
         self.websockets = WebSocketGateway(engine, settings, self.auth, metrics)
-        self.api = HttpApi(engine, settings, self.auth, lambda: metrics.connections)
+        self.api = HttpApi(
+            engine, settings, self.auth, lambda: metrics.connections, lambda: metrics.messages_in
+        )
         self.grpc = GrpcGateway(engine, settings, self.auth)
         self._web = resources.files("presence_actors.gateway") / "web"
         metrics.read_engine_with(self._engine_values)

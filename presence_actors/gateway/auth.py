@@ -73,7 +73,7 @@ class Authenticator:
 
     def websocket(self, query: dict[str, str], headers: dict[str, str]) -> Identity:
         """The session's user; raises AuthError (INVALID_USER_ID / UNAUTHORIZED / FORBIDDEN)."""
-        self._check_origin(headers)
+        self.check_origin(headers)
         claimed = query.get("userId") or None
         if self.jwt:
             identity = self._verify(query.get("token") or bearer(headers))
@@ -149,7 +149,7 @@ class Authenticator:
             raise _unauthorized("the token's subject is not a valid user id")
         return Identity(subject, float(claims["exp"]))
 
-    def _check_origin(self, headers: dict[str, str]) -> None:
+    def check_origin(self, headers: dict[str, str]) -> None:
         # Browsers always send Origin; other clients have no page to be hijacked from.
         allowed = self.settings.allowed_origins
         origin = headers.get("origin")

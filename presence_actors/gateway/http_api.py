@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..model import (
     is_valid_user_id,
     parse_timestamp,
 )
-from ..persistence.store import open_reader
+from ..persistence.store import EventRecord, open_reader
 from ..persistence.writer import WriterNotRunning
 from ..protocol import ErrorCode, ProtocolError
 from .asgi import Receive, Scope, Send, headers_of, query_of, respond_error, respond_json
@@ -92,11 +93,13 @@ class HttpApi:
         settings: Settings,
         auth: Authenticator,
         connections: Callable[[], int],
+        messages_in: Callable[[], Counter[str]],
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.auth = auth
         self.connections = connections
+        self.messages_in = messages_in
         self.node = settings.server.node or socket.gethostname()
         self.started = time.monotonic()
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
@@ -118,6 +121,7 @@ class HttpApi:
                 self._remove_contact,
             ),
             ("PUT", re.compile(_ADMIN_USER + "/privacy"), self._set_privacy),
+            ("GET", re.compile(r"/api/admin/events"), self._recent_events),
         ]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -288,6 +292,27 @@ class HttpApi:
         await self._admin(scope, SetVisibility(user_id, body.visibility))
         return 200, {"success": True, "userId": user_id, "visibility": body.visibility.value}
 
+    async def _recent_events(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
+        """The latest presence transitions of all users (operators only)."""
+        self.auth.admin(headers_of(scope))
+        limit = min(_integer(query_of(scope), "limit", 50), _MAX_HISTORY)
+        path = self.settings.persistence.path
+
+        def read() -> list[Any]:
+            with open_reader(path) as reader:
+                return reader.recent_events(limit)
+
+        events = await self._read_store(read)
+        return 200, {"success": True, "events": [_event(e) for e in events]}
+
+    async def _read_store(self, read: Callable[[], list[Any]]) -> list[Any]:
+        try:
+            return await trio.to_thread.run_sync(read)
+        except Exception as exc:
+            raise HttpError(
+                503, ErrorCode.STORE_ERROR, f"the store could not be read: {exc}"
+            ) from exc
+
     async def _stats(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
         stats = await self.engine.ask(StatsQuery())
         return 200, {
@@ -298,6 +323,9 @@ class HttpApi:
             "knownUsers": stats.known_users,
             "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "node": self.node,
+            # Counters for the operator page's rates (not part of the protocol's list).
+            "pushes": stats.pushes,
+            "messagesIn": sum(self.messages_in().values()),
         }
 
 
@@ -318,6 +346,16 @@ async def _body(receive: Receive) -> object:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+
+
+def _event(event: EventRecord) -> dict[str, Any]:
+    return {
+        "userId": event.user_id,
+        "status": event.status.value,
+        "at": format_timestamp(event.at),
+        "reason": event.reason,
+        "deviceId": event.device_id,
+    }
 
 
 def _user_id(value: str) -> str:

@@ -10,6 +10,7 @@ and detaches from the engine.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 
 import orjson
@@ -18,6 +19,8 @@ import trio
 from .. import codec
 from ..actors import Engine, MemoryOutbox, SessionHandle
 from ..actors.session import (
+    ANONYMOUS,
+    CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_POLICY,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
@@ -75,6 +78,13 @@ class WebSocketGateway:
 
     def _admit(self, scope: Scope) -> tuple[Identity, str, DeviceType]:
         query = query_of(scope)
+        if query.get("observer") in ("1", "true"):
+            if not self.settings.web.observer:
+                raise AuthError(
+                    ErrorCode.FORBIDDEN, "observer sessions are disabled (web.observer)", 403
+                )
+            self.auth.check_origin(headers_of(scope))
+            return Identity(None), "observer", DeviceType.OTHER
         identity = self.auth.websocket(query, headers_of(scope))
         device_id = query.get("deviceId") or f"dev-{secrets.token_hex(6)}"
         if not is_valid_user_id(device_id):
@@ -108,7 +118,6 @@ class WebSocketSession:
         receive: Receive,
         send: Send,
     ) -> None:
-        assert identity.user_id is not None
         self._gateway = gateway
         self._engine = gateway.engine
         self._metrics = gateway.metrics
@@ -120,13 +129,17 @@ class WebSocketSession:
         self._close_code: int | None = None
         self._close_reason = ""
         self._expires_at = identity.expires_at
+        # An observer (no user) watches what an anonymous caller may see and is
+        # nobody's device; with no actor to time it out, its reader does.
+        self._observer = identity.user_id is None
         self.handle = SessionHandle(
             session_id=secrets.token_hex(8),
-            user_id=identity.user_id,
+            user_id=ANONYMOUS if identity.user_id is None else identity.user_id,
             device_id=device_id,
             device_type=device_type,
             outbox=self._outbox,
             on_close=self.close,
+            present=not self._observer,
         )
 
     def close(self, code: int, reason: str) -> None:
@@ -182,8 +195,14 @@ class WebSocketSession:
             self._limits.messages_per_second, self._limits.burst, self._limits.abuse_window
         )
         most = self._limits.max_message_bytes
+        silence = self._gateway.settings.presence.heartbeat_timeout if self._observer else math.inf
         while True:
-            event = await self._receive()
+            event = None
+            with trio.move_on_after(silence):
+                event = await self._receive()
+            if event is None:
+                self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
             if event["type"] != "websocket.receive":
                 return  # websocket.disconnect: the client left
             text = event.get("text")

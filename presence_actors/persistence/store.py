@@ -197,6 +197,18 @@ class _Queries:
             for uid, status, at, reason, dev in rows
         ]
 
+    def recent_events(self, limit: int = 100) -> list[EventRecord]:
+        """The latest ``limit`` events of all users, newest first."""
+        rows = self.db.execute(
+            "SELECT user_id, status, at, reason, device_id FROM presence_events"
+            " ORDER BY at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            EventRecord(user_id=uid, status=Status(status), at=at, reason=reason, device_id=dev)
+            for uid, status, at, reason, dev in rows
+        ]
+
     def close(self) -> None:
         """Close the connection; safe to call twice."""
         self.db.close()
