@@ -174,7 +174,7 @@ async def test_observers_watch_read_only_and_only_when_enabled(tmp_path: Path) -
                 assert error["code"] == "FORBIDDEN"
                 ack = await observer.request({"type": "heartbeat"}, "heartbeat_ack")
                 assert ack["nextHeartbeatInSeconds"] > 0
-        status, stats = await http(server.base_url + "/api/stats")
+        _, stats = await http(server.base_url + "/api/stats")
         assert stats["sessions"] == 1  # only shy: observers are nobody's device
 
 
