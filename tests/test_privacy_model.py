@@ -50,8 +50,13 @@ HIDDEN = (Status.OFFLINE, None, None, None)  # status, statusMessage, username, 
 
 
 class Model:
-    def __init__(self, contacts_mode: bool, edges: Iterable[frozenset[str]],
-                 visibility: dict[str, Visibility], blocks: Iterable[tuple[str, str]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        contacts_mode: bool,
+        edges: Iterable[frozenset[str]],
+        visibility: dict[str, Visibility],
+        blocks: Iterable[tuple[str, str]],
+    ) -> None:
         self.contacts_mode = contacts_mode
         self.edges = set(edges)
         self.visibility = dict(visibility)
@@ -100,8 +105,9 @@ class Model:
     def policy(self, targets: Iterable[str], change: Any) -> None:
         before = {
             (w, t): (self.watches(w, t) and self.may_see(w, t), self.may_see(w, t))
-            for t in targets for w in self.status
-        }  # fmt: skip
+            for t in targets
+            for w in self.status
+        }
         change()
         for (watcher, target), (could, _) in sorted(before.items()):
             if watcher == target:
@@ -129,7 +135,7 @@ actions = st.lists(
             st.sampled_from(USERS),
             st.sampled_from(STATUSES),
             st.sampled_from([None, "lunch", "in a call"]),
-        ),  # fmt: skip
+        ),
         st.tuples(st.just("privacy"), st.sampled_from(USERS), st.sampled_from(list(Visibility))),
         st.tuples(st.just("block"), st.sampled_from(USERS), st.sampled_from(USERS)),
         st.tuples(st.just("unblock"), st.sampled_from(USERS), st.sampled_from(USERS)),
@@ -177,6 +183,7 @@ async def _run(model: Model, tmp: Path, steps: list[tuple[Any, ...]]) -> None:
         for edge in sorted(tuple(sorted(e)) for e in model.edges):
             await engine.command(AddContact(*edge))
         live: dict[str, FakeTransport] = {}
+
         async def setup_session(user: str) -> FakeTransport:
             session = await connect(engine, user)
             if model.contacts_mode:
@@ -203,7 +210,9 @@ async def _run(model: Model, tmp: Path, steps: list[tuple[Any, ...]]) -> None:
             await _check(model, live)
 
 
-async def _apply(step: tuple[Any, ...], model: Model, engine: Any, live: dict[str, FakeTransport]) -> None:  # fmt: skip
+async def _apply(
+    step: tuple[Any, ...], model: Model, engine: Any, live: dict[str, FakeTransport]
+) -> None:
     kind, user = step[0], step[1]
     before = model.shown(user)
     if kind == "connect" and user not in live:
