@@ -4,7 +4,8 @@
 
 Pins itself to one core. U users each hold one in-memory session and change
 status in turn (online <-> busy); W watcher sessions subscribe to all of them
-(contacts mode, so nobody else is pushed anything) and drain their outboxes. A change counts once every watcher has received its push.
+(contacts mode, so nobody else is pushed anything) and drain their outboxes.
+A change counts once every watcher has received its push.
 Users are many enough that none exceeds the default flap limit (10 pushed
 changes per 10 s), so every change is pushed; the subscription limits are
 raised so 10 sessions can watch them all. Then the
