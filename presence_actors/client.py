@@ -377,7 +377,7 @@ class PresenceClient:
         try:
             with self._scope:
                 loss: _Loss | None = await self._connect(lambda _: task_status.started())
-                while loss is not None:
+                while loss is not None and not self._closed:  # our own aclose is no news
                     again = (
                         self._options.reconnect
                         and not self._closing

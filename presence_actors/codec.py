@@ -270,7 +270,8 @@ def make_push(view: UserView, timestamp: int) -> p.Push:
     wire = _status_fields(view)
     wire["type"] = p.UserStatusChange.TYPE
     wire["timestamp"] = format_timestamp(timestamp)
-    return p.Push(view, timestamp, orjson.dumps(wire).decode())
+    payload = orjson.dumps(wire)
+    return p.Push(view, timestamp, payload, payload.decode())
 
 
 # --- the client's side: decoding server messages, encoding client messages ----------

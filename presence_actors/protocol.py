@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
-from attrs import field, frozen
+from attrs import define, field, frozen
 from attrs.validators import and_, max_len, min_len, optional
 
 from .model import MAX_STATUS_MESSAGE, MAX_USERNAME, Status, UserView, Visibility
@@ -273,16 +273,21 @@ class Unblocked(ServerMessage):
     target_user_id: str
 
 
-@frozen
+@define(eq=False)
 class Push:
     """A ``user_status_change`` encoded once and shared by every watcher's outbox.
 
-    ``frame`` is the JSON text; transports that are not JSON use ``view``.
+    ``frame`` is the JSON text and ``payload`` its UTF-8 bytes; transports that
+    are not JSON use ``view``. ``wire`` is a transport's own encoding of it,
+    made by the first session that sends it and reused by every other (the
+    engine runs in one thread, so this cache needs no lock).
     """
 
     view: UserView
     timestamp: int
+    payload: bytes
     frame: str
+    wire: bytes | None = None
 
 
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (

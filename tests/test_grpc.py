@@ -9,7 +9,6 @@ blocks. gRPC runs in real time here: waits are short and bounded.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import importlib
 import json
@@ -37,7 +36,7 @@ from presence_actors.gateway.grpc_api import GRPC_CODES
 from presence_actors.gateway.server import RunningServer
 from presence_actors.protocol import ErrorCode
 
-from .server_harness import running_server, ws_client
+from .server_harness import running_server, self_signed_certificate, ws_client
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "presence_actors" / "gateway" / "grpc_gen"
@@ -588,7 +587,7 @@ def _grpc_web_frames(body: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 async def test_grpc_over_tls(tmp_path: Path, stubs: SimpleNamespace) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     tls = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
     async with running_server(tmp_path, server=tls) as server:
         assert server.base_url.startswith("https://")
@@ -601,36 +600,3 @@ async def test_grpc_over_tls(tmp_path: Path, stubs: SimpleNamespace) -> None:
         async with grpc_client("", stubs, channel) as grpc_:
             reply = await grpc_.call("SetUserStatus", user_id="alice", status=stubs.pb.ONLINE)
             assert (reply.success, reply.data.status) == (True, stubs.pb.ONLINE)
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file

@@ -187,9 +187,7 @@ async def test_oversized_frames_are_refused_and_closed_with_1009(tmp_path: Path)
         await bob.request({"type": "get_online_count"}, "online_count")
 
 
-async def test_invalid_utf8_fails_the_connection_and_others_are_served(tmp_path: Path) -> None:
-    # RFC 6455 8.1: the connection is failed. hypercorn (wsproto) drops it
-    # without a close frame, so the client sees an abnormal closure (1006).
+async def test_invalid_utf8_is_closed_with_1007_and_others_are_served(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server, ws_client(server, "bob") as bob:
         host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=5) as raw:
@@ -208,7 +206,8 @@ async def test_invalid_utf8_fails_the_connection_and_others_are_served(tmp_path:
             rest = b""
             while chunk := await trio.to_thread.run_sync(raw.recv, 4096):
                 rest += chunk
-        assert b"error" not in rest  # no reply: the connection just ends
+        close = rest[rest.rindex(b"\x88") :]
+        assert int.from_bytes(close[2:4], "big") == 1007
         await bob.request({"type": "get_online_count"}, "online_count")
 
 

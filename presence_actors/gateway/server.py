@@ -8,19 +8,17 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
 
-import hypercorn.trio
 import trio
 from attrs import frozen
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.typing import ASGIFramework
 
 from ..actors import Engine, open_engine
 from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
 from .app import PresenceApp
+from .listener import PortServer
 
 log = logging.getLogger("presence_actors.server")
 
@@ -81,14 +79,11 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
         shutdown = trio.Event()
         served = trio.Event()
 
+        port_server = PortServer(app, app.websockets, hypercorn_config(settings))
+
         async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await hypercorn.trio.serve(
-                    cast(ASGIFramework, app),
-                    hypercorn_config(settings),
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
-                )
+                await port_server.serve(shutdown.wait, task_status=task_status)
             finally:
                 served.set()
 

@@ -1,10 +1,12 @@
 """``GET /ws``: one WebSocket connection is one session of the engine.
 
-A session task reads frames, checks size and rate, decodes them with the codec
-and submits them to the engine; a writer task drains the session's bounded
-outbox onto the socket. The engine closes a session by calling ``close`` (from
-its own task): that cancels the session, whose cleanup sends the close frame
-and detaches from the engine.
+A session reads messages, checks size and rate, decodes them with the codec
+and submits them to the engine; what the engine sends goes to the
+connection's outbox. Connections come two ways: upgrades that reach the port
+directly are served on their own socket (:mod:`ws_direct`, the fast path),
+others through hypercorn's ASGI interface (:mod:`ws_asgi`). The engine closes a
+session by calling ``close`` (from its own task): that cancels the session,
+whose cleanup detaches it from the engine and ends the connection with the code.
 """
 
 from __future__ import annotations
@@ -12,33 +14,37 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
 
 from .. import codec
-from ..actors import Engine, MemoryOutbox, SessionHandle
+from ..actors import Engine, SessionHandle
 from ..actors.session import (
     ANONYMOUS,
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_POLICY,
     CLOSE_TOKEN_EXPIRED,
-    CLOSE_TRY_AGAIN_LATER,
+    Outbox,
     Outgoing,
 )
 from ..config import Settings
 from ..metrics import Metrics
 from ..model import DeviceType, is_valid_user_id
-from ..protocol import Error, ErrorCode, ProtocolError, Push
+from ..protocol import Error, ErrorCode, ProtocolError
 from .asgi import Receive, Scope, Send, headers_of, query_of
 from .auth import Authenticator, AuthError, Identity
 from .ratelimit import RateLimiter, Verdict
+from .ws_asgi import AsgiConnection
+from .ws_direct import DirectConnection
+from .wsconn import TOO_LARGE, Connection
 
 log = logging.getLogger("presence_actors.websocket")
 
 CLOSE_TOO_LARGE = 1009
-# How long a close frame may take to go out before the session gives up on it.
-CLOSE_SEND_TIMEOUT = 1.0
 
 
 class WebSocketGateway:
@@ -54,16 +60,54 @@ class WebSocketGateway:
         self.sessions: set[WebSocketSession] = set()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a WebSocket that came through hypercorn (ASGI)."""
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        try:
-            identity, device_id, device_type = self._admit(scope)
-        except (AuthError, ProtocolError) as exc:
-            await self._refuse(send, exc.code, exc.message)
+        limits = self.settings.limits
+        connection = AsgiConnection(
+            receive, send, self.metrics, limits.outbound_queue, limits.max_message_bytes
+        )
+        await self._serve(connection, query_of(scope), headers_of(scope))
+
+    async def serve_direct(self, stream: trio.SocketStream, head: bytes) -> None:
+        """Serve a WebSocket upgrade read straight off the socket (``head``: the bytes
+        read so far, the request and whatever followed it)."""
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(head)
+        events = list(ws.events())
+        if not events or not isinstance(events[0], Request):
+            await stream.aclose()
             return
-        session = WebSocketSession(self, identity, device_id, device_type, receive, send)
+        request = events[0]
+        await stream.send_all(ws.send(AcceptConnection()))
+        limits = self.settings.limits
+        connection = DirectConnection(
+            stream, ws, self.metrics, limits.outbound_queue, limits.max_message_bytes
+        )
+        connection.push_back(events[1:])
+        query = dict(parse_qsl(urlsplit(request.target).query, keep_blank_values=True))
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in request.extra_headers
+        }
+        if request.host:
+            headers["host"] = request.host
+        await self._serve(connection, query, headers)
+
+    async def _serve(
+        self, connection: Connection, query: dict[str, str], headers: dict[str, str]
+    ) -> None:
+        try:
+            identity, device_id, device_type = self._admit(query, headers)
+        except (AuthError, ProtocolError) as exc:
+            error = Error(timestamp=self.engine.clock.now_ms(), code=exc.code, message=exc.message)
+            connection.outbox.offer(error)
+            await connection.finish(CLOSE_POLICY, exc.message)
+            self.metrics.closes[CLOSE_POLICY] += 1
+            return
+        session = WebSocketSession(self, identity, device_id, device_type, connection)
         self.sessions.add(session)
         self.metrics.connections += 1
         try:
@@ -76,16 +120,17 @@ class WebSocketGateway:
         for session in list(self.sessions):
             session.close(code, reason)
 
-    def _admit(self, scope: Scope) -> tuple[Identity, str, DeviceType]:
-        query = query_of(scope)
+    def _admit(
+        self, query: dict[str, str], headers: dict[str, str]
+    ) -> tuple[Identity, str, DeviceType]:
         if query.get("observer") in ("1", "true"):
             if not self.settings.web.observer:
                 raise AuthError(
                     ErrorCode.FORBIDDEN, "observer sessions are disabled (web.observer)", 403
                 )
-            self.auth.check_origin(headers_of(scope))
+            self.auth.check_origin(headers)
             return Identity(None), "observer", DeviceType.OTHER
-        identity = self.auth.websocket(query, headers_of(scope))
+        identity = self.auth.websocket(query, headers)
         device_id = query.get("deviceId") or f"dev-{secrets.token_hex(6)}"
         if not is_valid_user_id(device_id):
             raise ProtocolError(
@@ -100,13 +145,6 @@ class WebSocketGateway:
             ) from None
         return identity, device_id, device_type
 
-    async def _refuse(self, send: Send, code: ErrorCode, message: str) -> None:
-        error = Error(timestamp=self.engine.clock.now_ms(), code=code, message=message)
-        self.metrics.errors[code.value] += 1
-        self.metrics.closes[CLOSE_POLICY] += 1
-        await send({"type": "websocket.send", "text": codec.encode(error)})
-        await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": message[:120]})
-
 
 class WebSocketSession:
     def __init__(
@@ -115,16 +153,12 @@ class WebSocketSession:
         identity: Identity,
         device_id: str,
         device_type: DeviceType,
-        receive: Receive,
-        send: Send,
+        connection: Connection,
     ) -> None:
         self._gateway = gateway
         self._engine = gateway.engine
-        self._metrics = gateway.metrics
         self._limits = gateway.settings.limits
-        self._receive = receive
-        self._send = send
-        self._outbox = MemoryOutbox(self._limits.outbound_queue)
+        self._connection = connection
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
         self._close_reason = ""
@@ -132,12 +166,14 @@ class WebSocketSession:
         # An observer (no user) watches what an anonymous caller may see and is
         # nobody's device; with no actor to time it out, its reader does.
         self._observer = identity.user_id is None
+        self._greeting: Outgoing | None = None
+        self._greeted = trio.Event()
         self.handle = SessionHandle(
             session_id=secrets.token_hex(8),
             user_id=ANONYMOUS if identity.user_id is None else identity.user_id,
             device_id=device_id,
             device_type=device_type,
-            outbox=self._outbox,
+            outbox=_Greeting(self, connection.outbox),
             on_close=self.close,
             present=not self._observer,
         )
@@ -149,12 +185,19 @@ class WebSocketSession:
             self._close_reason = reason
         self._scope.cancel()
 
+    def greeted(self, item: Outgoing, outbox: Outbox) -> None:
+        """The engine's first message (welcome, or the error refusing the session)."""
+        self._greeting = item
+        self.handle.outbox = outbox  # no more checking on the hot path
+        self._greeted.set()
+
     async def run(self) -> None:
         """Serve the connection until the client leaves or the session is closed.
 
-        Whatever ends it, the engine is told (the session is detached, so the
-        grace period applies unless the engine ended it) and, when the server
-        ended it, the close frame is sent.
+        The client is read only once the engine welcomed the session. Whatever
+        ends it, the engine is told (the session is detached, so the grace
+        period applies unless the engine ended it) and the connection is ended
+        with the close code when the server ended it.
         """
         if self._expires_at is not None:
             self._scope.deadline = trio.current_time() + (
@@ -162,33 +205,23 @@ class WebSocketSession:
             )
         try:
             with self._scope:
-                await self._engine.attach(self.handle)
-                first = await self._outbox.receive.receive()
-                await self._write(first)
-                if isinstance(first, Error):
-                    self.close(CLOSE_POLICY, first.message[:120])
-                else:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._writer)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._connection.run_writer)
+                    await self._engine.attach(self.handle)
+                    await self._greeted.wait()
+                    if isinstance(self._greeting, Error):
+                        self.close(CLOSE_POLICY, self._greeting.message)
+                    else:
                         await self._reader()
-                        nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
             if self._scope.cancelled_caught and self._close_code is None:
                 self._close_code, self._close_reason = CLOSE_TOKEN_EXPIRED, "token expired"
         finally:
             with trio.CancelScope(shield=True):
                 await self._engine.detach(self.handle)
                 if self._close_code is not None:
-                    self._metrics.closes[self._close_code] += 1
-                    with trio.move_on_after(CLOSE_SEND_TIMEOUT):
-                        if self._close_code != CLOSE_TRY_AGAIN_LATER:
-                            await self._flush()  # e.g. the error that explains the close
-                        await self._send(
-                            {
-                                "type": "websocket.close",
-                                "code": self._close_code,
-                                "reason": self._close_reason[:120],
-                            }
-                        )
+                    self._gateway.metrics.closes[self._close_code] += 1
+                await self._connection.finish(self._close_code, self._close_reason)
 
     async def _reader(self) -> None:
         limiter = RateLimiter(
@@ -197,31 +230,24 @@ class WebSocketSession:
         most = self._limits.max_message_bytes
         silence = self._gateway.settings.presence.heartbeat_timeout if self._observer else math.inf
         while True:
-            event = None
-            with trio.move_on_after(silence):
-                event = await self._receive()
-            if event is None:
+            with trio.move_on_after(silence) as waited:
+                incoming = await self._connection.receive()
+            if waited.cancelled_caught:
                 self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
-            if event["type"] != "websocket.receive":
-                return  # websocket.disconnect: the client left
-            text = event.get("text")
-            if text is None:
-                size = len(event.get("bytes") or b"")
-                if size > most:
-                    self._fail(ErrorCode.TOO_LARGE, f"frames are limited to {most} bytes", None)
-                    self.close(CLOSE_TOO_LARGE, "message too large")
-                    return
+            if incoming is None:
+                return  # the client left
+            if incoming is TOO_LARGE:
+                self._fail(ErrorCode.TOO_LARGE, f"frames are limited to {most} bytes", None)
+                self.close(CLOSE_TOO_LARGE, "message too large")
+                return
+            if isinstance(incoming, bytes):
                 self._fail(
                     ErrorCode.INVALID_MESSAGE,
                     "binary frames are not accepted; send JSON text",
                     None,
                 )
                 continue
-            if len(text) > most or (len(text) * 4 > most and len(text.encode()) > most):
-                self._fail(ErrorCode.TOO_LARGE, f"frames are limited to {most} bytes", None)
-                self.close(CLOSE_TOO_LARGE, "message too large")
-                return
             verdict = limiter.admit(trio.current_time())
             if verdict is not Verdict.ADMIT:
                 self._fail(ErrorCode.RATE_LIMITED, "too many messages; slow down", None)
@@ -230,7 +256,7 @@ class WebSocketSession:
                     return
                 continue
             try:
-                raw = orjson.loads(text)
+                raw = orjson.loads(incoming)
             except orjson.JSONDecodeError as exc:
                 self._fail(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}", None)
                 continue
@@ -239,7 +265,7 @@ class WebSocketSession:
             except ProtocolError as exc:
                 self._fail(exc.code, exc.message, codec.request_id_of(raw))
                 continue
-            self._metrics.messages_in[message.TYPE] += 1
+            self._gateway.metrics.messages_in[message.TYPE] += 1
             await self._engine.request(self.handle, message)
 
     def _fail(self, code: ErrorCode, message: str, request_id: str | None) -> None:
@@ -252,29 +278,15 @@ class WebSocketSession:
             )
         )
 
-    async def _writer(self) -> None:
-        async for item in self._outbox.receive:
-            await self._write(item)
 
-    async def _flush(self) -> None:
-        """Send what is already queued (never waits for more)."""
-        while True:
-            try:
-                item = self._outbox.receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-            await self._write(item)
+class _Greeting:
+    """The session's outbox until the engine's first message went through it."""
 
-    async def _write(self, item: Outgoing) -> None:
-        if isinstance(item, Push):
-            text, kind = item.frame, "user_status_change"
-        else:
-            text, kind = codec.encode(item), item.TYPE
-            if isinstance(item, Error):
-                self._metrics.errors[item.code.value] += 1
-        self._metrics.messages_out[kind] += 1
-        # Shielded: a send cancelled half-way loses the frame inside hypercorn
-        # (the frame is encoded before the socket lock is taken). Cancellation
-        # lands between messages instead.
-        with trio.CancelScope(shield=True):
-            await self._send({"type": "websocket.send", "text": text})
+    def __init__(self, session: WebSocketSession, outbox: Outbox) -> None:
+        self._session = session
+        self._outbox = outbox
+
+    def offer(self, item: Outgoing) -> bool:
+        accepted = self._outbox.offer(item)
+        self._session.greeted(item, self._outbox)
+        return accepted

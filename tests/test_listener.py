@@ -1,0 +1,107 @@
+"""One port, two doors: direct WebSocket sessions and hypercorn's, side by side."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from presence_actors.gateway.listener import is_direct_upgrade
+from presence_actors.gateway.websocket import WebSocketGateway
+
+from .server_harness import RawClient, running_server, self_signed_certificate, ws_client
+from .test_websocket import closed_with
+
+UPGRADE = (
+    b"GET /ws?userId=carol HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("head", "direct"),
+    [
+        (UPGRADE, True),
+        (UPGRADE.replace(b"Upgrade: websocket", b"UPGRADE:WebSocket"), True),
+        (UPGRADE.replace(b"/ws?userId=carol", b"/ws"), True),
+        (UPGRADE.replace(b"/ws?", b"/wsx?"), False),
+        (UPGRADE.replace(b"GET", b"POST"), False),
+        (UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"), False),
+        (UPGRADE.replace(b"Upgrade: websocket\r\n", b""), False),
+        (UPGRADE[:40], False),  # the head is not complete
+        (b"GET /api/users HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", False),
+    ],
+)
+def test_which_connections_take_the_direct_path(head: bytes, direct: bool) -> None:
+    assert is_direct_upgrade(head) is direct
+
+
+async def test_websockets_over_tls_go_through_hypercorn(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    tls = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
+    context = ssl.create_default_context(cafile=str(cert))
+    async with running_server(tmp_path, server=tls, limits={"max_message_bytes": 1024}) as server:
+        url = f"wss://localhost:{server.port}/ws"
+        async with (
+            open_websocket_url(url + "?userId=watcher", ssl_context=context) as watcher_ws,
+            open_websocket_url(url + "?userId=alice", ssl_context=context) as alice_ws,
+        ):
+            watcher, alice = RawClient(watcher_ws), RawClient(alice_ws)
+            await watcher.expect("welcome")
+            await alice.expect("welcome")
+            await alice.request({"type": "set_status", "status": "busy"}, "status_updated")
+            change = await watcher.expect("user_status_change")
+            while change["status"] != "busy":
+                change = await watcher.expect("user_status_change")
+            await alice.send({"type": "identify", "username": "x" * 2000})
+            assert (await alice.expect("error"))["code"] == "TOO_LARGE"
+            assert await closed_with(alice) == 1009
+            await watcher.send({"type": "logout"})
+            assert await closed_with(watcher) == 1000
+
+
+async def test_an_upgrade_after_a_kept_alive_request_goes_through_hypercorn(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path) as server, ws_client(server, "bob") as bob:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = await trio.to_thread.run_sync(raw.recv, 4096)
+            assert first.startswith(b"HTTP/1.1 200")
+            raw.sendall(UPGRADE)
+            received = b""
+            while b'"welcome"' not in received:
+                received += await trio.to_thread.run_sync(raw.recv, 4096)
+            assert b" 101 " in received
+        # carol arrived through hypercorn and is pushed to bob like anyone else.
+        push = await bob.expect("user_status_change")
+        assert (push["userId"], push["status"]) == ("carol", "online")
+
+
+async def test_a_failing_connection_never_takes_the_server_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = WebSocketGateway.serve_direct
+
+    async def faulty(self: WebSocketGateway, stream: trio.SocketStream, head: bytes) -> None:
+        if b"userId=boom" in head:
+            raise RuntimeError("injected fault")
+        await real(self, stream, head)
+
+    monkeypatch.setattr(WebSocketGateway, "serve_direct", faulty)
+    async with running_server(tmp_path) as server, ws_client(server, "bob") as bob:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(UPGRADE.replace(b"carol", b"boom"))
+            assert await trio.to_thread.run_sync(raw.recv, 4096) == b""  # dropped
+        assert "injected fault" in caplog.text
+        reply = await bob.request({"type": "get_online_count"}, "online_count")
+        assert reply["count"] == 1
+        async with ws_client(server, "carol") as carol:
+            assert json.dumps(carol.received[0]).count("carol") == 1
