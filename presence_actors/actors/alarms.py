@@ -3,17 +3,19 @@
 Every user actor has a next deadline (a heartbeat timeout, away detection, the
 end of a grace period, a held-back push). Waiting on it with a cancel scope of
 its own costs one scope per wait, which measured as the largest single cost of
-an actor's turn; instead each actor *sets* its alarm (a heap push) and waits on
-its inbox alone. This task sleeps until the earliest alarm and delivers a wake
-call into that actor's inbox, so timers are ordinary messages: ordered with the
-actor's other messages, and deterministic under ``trio.testing.MockClock``.
+an actor's turn; instead each actor makes sure an alarm is set no later than
+its deadline and waits on its inbox alone. This task sleeps until the earliest
+alarm, asks the actor for its deadline *now* — a heartbeat has usually moved
+it later, and then the alarm is simply set again, without waking the actor —
+and otherwise rings: the actor gets a :class:`Tick` in its inbox, in order with
+everything else, deterministic under ``trio.testing.MockClock``.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -22,39 +24,51 @@ import trio
 _STALE_SLACK = 1024
 
 
+class Sleeper(Protocol):
+    """What an alarm is for."""
+
+    @property
+    def deadline(self) -> float:
+        """When it needs waking now (``math.inf``: not at all); read by the alarm task."""
+        ...
+
+    def ring(self) -> None:
+        """Wake it (from the alarm task; must not block)."""
+        ...
+
+
 class Alarms:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, tuple[float, Callable[[], None]]] = {}
+        self._due: dict[str, tuple[float, Sleeper]] = {}
         self._sequence = 0  # tie-break: equal deadlines ring in the order they were set
         self._wakeup: trio.CancelScope | None = None
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def set(self, key: str, deadline: float, ring: Callable[[], None]) -> None:
-        """Ring ``ring()`` once at ``deadline`` (replacing ``key``'s previous alarm).
+    def ensure(self, key: str, deadline: float, sleeper: Sleeper) -> None:
+        """Make sure ``key`` has an alarm no later than ``deadline``.
 
-        ``math.inf`` cancels. ``ring`` runs in the alarm task and must not block.
+        A no-op when one is set already at or before it (the common case: a
+        heartbeat only postpones the deadline). ``math.inf`` never sets one.
         """
-        if deadline == math.inf:
-            self._due.pop(key, None)
-            return
         current = self._due.get(key)
-        if current is not None and current[0] == deadline:
-            self._due[key] = (deadline, ring)
+        if deadline == math.inf or (
+            current is not None and current[0] <= deadline and current[1] is sleeper
+        ):
             return
-        self._due[key] = (deadline, ring)
+        self._schedule(key, deadline, sleeper)
+        if self._wakeup is not None and deadline < self._wakeup.deadline:
+            self._wakeup.deadline = deadline
+
+    def _schedule(self, key: str, deadline: float, sleeper: Sleeper) -> None:
+        self._due[key] = (deadline, sleeper)
         self._sequence += 1
         heapq.heappush(self._heap, (deadline, self._sequence, key))
         if len(self._heap) > 2 * len(self._due) + _STALE_SLACK:
             self._heap = [(d, i, k) for d, i, k in self._heap if self._due.get(k, (None,))[0] == d]
             heapq.heapify(self._heap)
-        if self._wakeup is not None and deadline < self._wakeup.deadline:
-            self._wakeup.deadline = deadline
-
-    def cancel(self, key: str) -> None:
-        self._due.pop(key, None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Ring alarms as they come due, until cancelled.
@@ -71,9 +85,15 @@ class Alarms:
             while self._heap and self._heap[0][0] <= now:
                 deadline, _, key = heapq.heappop(self._heap)
                 current = self._due.get(key)
-                if current is not None and current[0] == deadline:
-                    del self._due[key]
-                    current[1]()
+                if current is None or current[0] != deadline:
+                    continue  # stale: moved earlier since
+                del self._due[key]
+                sleeper = current[1]
+                actual = sleeper.deadline
+                if actual <= now:
+                    sleeper.ring()
+                elif actual != math.inf:
+                    self._schedule(key, actual, sleeper)
 
     def _next(self) -> float:
         while self._heap:

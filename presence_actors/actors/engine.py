@@ -9,6 +9,7 @@ final flush.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,9 +24,9 @@ from ..persistence.writer import PersistenceActor
 from ..protocol import ClientMessage, ProtocolError
 from .clock import WallClock
 from .directory import Directory
-from .messages import AdminCommand, Attach, Detach, Query, Request
+from .messages import AdminCommand, Attach, Detach, Query, Request, Told
 from .policy import Policy
-from .registry import Registry
+from .registry import USER_REQUESTS, Registry
 from .session import SessionHandle
 from .user_state import Rules
 
@@ -56,7 +57,23 @@ class Engine:
         await self.registry.tell(Detach(session))
 
     async def request(self, session: SessionHandle, message: ClientMessage) -> None:
-        """Submit a client request; its reply (or error) arrives in the session's outbox."""
+        """Submit a client request; its reply (or error) arrives in the session's outbox.
+
+        Requests for the user itself (heartbeat, set_status, ...) go straight to
+        the user's actor once the session was accepted; others go through the
+        registry. Replies come in the order the requests of each kind were made.
+        Like ``Registry.tell``, not a checkpoint unless it has to wait.
+        """
+        actor = session.actor
+        if (
+            actor is not None
+            and isinstance(message, USER_REQUESTS)
+            and message.user_id in (None, session.user_id)
+        ):
+            # The actor's inbox is unbounded; the session's rate limit bounds this.
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                actor.send_nowait(Told(session, message))  # closed: the actor retired
+            return
         await self.registry.tell(Request(session, message))
 
     async def command(self, command: AdminCommand) -> None:

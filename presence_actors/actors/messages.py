@@ -40,6 +40,18 @@ class Request:
 
 
 @frozen
+class Told:
+    """Session -> its own user's actor, directly: a request only the actor answers.
+
+    Not routed by the registry, so not counted for retirement: a session tells
+    its actor only while attached, and an actor with a session never retires.
+    """
+
+    session: SessionHandle
+    message: ClientMessage
+
+
+@frozen
 class Seen:
     """Registry -> actor: the session made a request the registry answered."""
 
@@ -170,5 +182,5 @@ class Ask:
     reply: trio.MemorySendChannel[Any]
 
 
-ActorMessage = Attach | Detach | Request | Seen | Tick
+ActorMessage = Attach | Detach | Request | Told | Seen | Tick
 RegistryMessage = Attach | Detach | Request | Accepted | Ended | Publish | Retiring | Ask | Command

@@ -105,7 +105,7 @@ from .user_state import Accepted, Ended, Publish, Rules, UserState
 log = logging.getLogger("presence_actors.registry")
 
 # Requests the user's own actor answers; everything else the registry answers.
-_USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
+USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
 _POLICY_REQUESTS = (SetPrivacy, Block, Unblock)
 # Messages handled per wake-up before yielding to other tasks.
 DRAIN_BATCH = 256
@@ -303,6 +303,9 @@ class Registry:
 
     def _on_accepted(self, session: SessionHandle) -> None:
         self._sessions[session] = _Watch()
+        ref = self._actors.get(session.user_id) if session.present else None
+        if ref is not None:
+            session.actor = ref.inbox
         self._by_user.setdefault(session.user_id, []).append(session)
         self._deliver(
             session,
@@ -346,7 +349,7 @@ class Registry:
         if session not in self._sessions:
             return  # not live (yet, or any more): nothing to answer
         forbidden = message.user_id is not None and message.user_id != session.user_id
-        user_request = isinstance(message, _USER_REQUESTS)
+        user_request = isinstance(message, USER_REQUESTS)
         if not session.present:
             if isinstance(message, Heartbeat) and not forbidden:
                 # Observers have no presence to keep alive; the ack keeps clients simple.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from attrs import define, field
@@ -104,6 +104,9 @@ class SessionHandle:
     present: bool = True
     watches: Watches = Watches.MODE
     closing: bool = field(default=False, init=False)
+    # The user actor's inbox, given by the registry when the session is accepted:
+    # requests only the actor answers go there directly, past the registry.
+    actor: trio.MemorySendChannel[Any] | None = field(default=None, init=False)
     close_code: int | None = field(default=None, init=False)
     close_reason: str = field(default="", init=False)
 

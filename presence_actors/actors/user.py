@@ -2,10 +2,11 @@
 
 The actor is a loop over its inbox that owns the user's :class:`UserState`.
 Its timers (heartbeat deadlines, away detection, the grace period, a held-back
-push) come down to one deadline, which it sets as its alarm after every turn:
-a heartbeat moves the deadline by changing the state, a reconnect cancels the
-grace period by removing it, and when the deadline comes the alarm delivers a
-:class:`Tick` into the inbox, in order with everything else.
+push) come down to one next deadline computed from its state: a heartbeat
+moves it by changing the state, a reconnect cancels the grace period by
+removing it. The actor keeps an alarm set no later than that deadline; the
+alarm delivers a :class:`Tick` into the inbox, in order with everything else,
+and the actor fires whatever is due at that moment.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from ..persistence.intents import Intent
 from ..protocol import Error, ErrorCode
 from . import user_state as rules_
 from .alarms import Alarms
-from .messages import ActorMessage, Attach, Detach, RegistryMessage, Request, Retiring, Seen, Tick
+from .messages import (
+    ActorMessage,
+    Attach,
+    Detach,
+    RegistryMessage,
+    Request,
+    Retiring,
+    Seen,
+    Tick,
+    Told,
+)
 from .user_state import (
     Accepted,
     CloseSession,
@@ -73,8 +84,10 @@ class UserActor:
         self._registry = registry
         self._writer = writer
         self._alarms = alarms
-        self._ring = ring
-        self._alarm = math.inf
+        self.ring = ring  # the alarm task calls it: a Tick into this actor's inbox
+        # The next moment a timer fires: written by this actor after each turn,
+        # read by the alarm task when an alarm comes due.
+        self.deadline = math.inf
         self._retire_asked_at: int | None = None
 
     @property
@@ -102,10 +115,8 @@ class UserActor:
                 except trio.EndOfChannel:
                     return
                 await self._handle(message)
-            deadline = rules_.next_deadline(self.state, trio.current_time(), self._rules)
-            if deadline != self._alarm:
-                self._alarm = deadline
-                self._alarms.set(self.state.user_id, deadline, self._ring)
+            self.deadline = rules_.next_deadline(self.state, trio.current_time(), self._rules)
+            self._alarms.ensure(self.state.user_id, self.deadline, self)
             if self.state.idle and self._retire_asked_at != self.processed:
                 self._retire_asked_at = self.processed
                 await self._registry.tell(Retiring(self.state.user_id, self.processed))
@@ -113,10 +124,10 @@ class UserActor:
     async def _handle(self, message: ActorMessage) -> None:
         state, now, rules = self.state, trio.current_time(), self._rules
         if isinstance(message, Tick):
-            self._alarm = math.inf  # the alarm that rang is spent
             await self._apply(rules_.expire(state, now, rules))  # a no-op if nothing is due
             return
-        self.processed += 1
+        if not isinstance(message, Told):
+            self.processed += 1
         try:
             match message:
                 case Attach(session):
@@ -125,10 +136,10 @@ class UserActor:
                     outcome = rules_.detach(state, session, now, rules)
                 case Seen(session):
                     outcome = rules_.seen(state, session, now, rules)
-                case Request(session, body):
+                case Request(session, body) | Told(session, body):
                     outcome = rules_.request(state, session, body, now, rules)
         except Exception:
-            if isinstance(message, Request):
+            if isinstance(message, Request | Told):
                 message.session.deliver(
                     Error(
                         timestamp=rules.clock.ms(now),

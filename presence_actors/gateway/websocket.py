@@ -14,12 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
 
 from .. import codec
 from ..actors import Engine, SessionHandle
@@ -37,6 +34,7 @@ from ..model import DeviceType, is_valid_user_id
 from ..protocol import Error, ErrorCode, ProtocolError
 from .asgi import Receive, Scope, Send, headers_of, query_of
 from .auth import Authenticator, AuthError, Identity
+from .frames import HandshakeError, accept_upgrade
 from .ratelimit import RateLimiter, Verdict
 from .ws_asgi import AsgiConnection
 from .ws_direct import DirectConnection
@@ -74,27 +72,20 @@ class WebSocketGateway:
     async def serve_direct(self, stream: trio.SocketStream, head: bytes) -> None:
         """Serve a WebSocket upgrade read straight off the socket (``head``: the bytes
         read so far, the request and whatever followed it)."""
-        ws = WSConnection(ConnectionType.SERVER)
-        ws.receive_data(head)
-        events = list(ws.events())
-        if not events or not isinstance(events[0], Request):
+        try:
+            upgrade = accept_upgrade(head)
+        except HandshakeError as exc:
+            with trio.move_on_after(1):
+                await stream.send_all(exc.response)
             await stream.aclose()
             return
-        request = events[0]
-        await stream.send_all(ws.send(AcceptConnection()))
+        await stream.send_all(upgrade.response)
         limits = self.settings.limits
         connection = DirectConnection(
-            stream, ws, self.metrics, limits.outbound_queue, limits.max_message_bytes
+            stream, self.metrics, limits.outbound_queue, limits.max_message_bytes
         )
-        connection.push_back(events[1:])
-        query = dict(parse_qsl(urlsplit(request.target).query, keep_blank_values=True))
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in request.extra_headers
-        }
-        if request.host:
-            headers["host"] = request.host
-        await self._serve(connection, query, headers)
+        connection.feed(upgrade.rest)
+        await self._serve(connection, upgrade.query, upgrade.headers)
 
     async def _serve(
         self, connection: Connection, query: dict[str, str], headers: dict[str, str]
@@ -206,7 +197,7 @@ class WebSocketSession:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._connection.run_writer)
+                    await self._connection.serve_writes(nursery)
                     await self._engine.attach(self.handle)
                     await self._greeted.wait()
                     if isinstance(self._greeting, Error):

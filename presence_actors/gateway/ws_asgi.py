@@ -41,7 +41,10 @@ class AsgiConnection:
             return TOO_LARGE
         return text
 
-    async def run_writer(self) -> None:
+    async def serve_writes(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
         async for item in self.outbox.receive:
             await self._write(item)
 

@@ -1,11 +1,12 @@
 """A WebSocket connection served on its own socket, past hypercorn.
 
-wsproto parses what the client sends. What the server sends is written by
-whoever offers it — the registry fanning out a push, an actor replying —
-straight into the socket's kernel buffer with one non-blocking ``write``; only
-what the kernel does not take right now waits, in order, for the writer task.
-A push's frame bytes are built once and written to every watcher as they are.
-That is the whole send path: no task switch, no per-watcher encoding.
+What the server sends is written by whoever offers it — the registry fanning
+out a push, an actor replying — straight into the socket's kernel buffer with
+one non-blocking ``write``; only what the kernel does not take right now waits,
+in order, for a writer task started for the occasion. A push's frame bytes
+are built once and written to every watcher as they are. That is the whole
+send path: no task switch, no per-watcher encoding, and an idle connection
+costs one task (its reader).
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ import os
 from collections import deque
 
 import trio
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
-from wsproto.utilities import LocalProtocolError
 
 from .. import codec
 from ..actors.session import CLOSE_TRY_AGAIN_LATER, Outgoing
 from ..metrics import Metrics
 from ..protocol import Push
-from .frames import frame, text_frame
+from .frames import OP_PONG, FrameReader, Kind, close_frame, frame, text_frame
 from .wsconn import TOO_LARGE, Incoming, count_out
 
 _RECEIVE_SIZE = 65536
@@ -35,34 +32,26 @@ class DirectConnection:
     """The session's outbox is the connection itself: ``offer`` writes at once."""
 
     def __init__(
-        self,
-        stream: trio.SocketStream,
-        ws: WSConnection,
-        metrics: Metrics,
-        capacity: int,
-        max_bytes: int,
+        self, stream: trio.SocketStream, metrics: Metrics, capacity: int, max_bytes: int
     ) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
-        self._ws = ws
         self._metrics = metrics
         self._capacity = capacity
-        self._max_bytes = max_bytes
+        self._reader = FrameReader(max_bytes)
         self._backlog: deque[bytes] = deque()
-        self._writer_wakeup = trio.lowlevel.ParkingLot()
-        self._sending = False  # the writer task is inside send_all: offers must queue
+        self._nursery: trio.Nursery | None = None
+        self._writing = False  # a writer task owns the socket's sends: offers must queue
         self._broken = False  # the socket failed, or a send was cut short: write nothing more
-        self._events: deque[Event] = deque()
-        self._parts: list[str | bytes] = []
-        self._size = 0
+        self._closed_by_peer = False
 
     @property
     def outbox(self) -> DirectConnection:
         return self
 
-    def push_back(self, events: list[Event]) -> None:
-        """Events wsproto parsed along with the handshake, to be received first."""
-        self._events.extend(events)
+    def feed(self, data: bytes) -> None:
+        """Bytes that came with the handshake (frames a client sent early)."""
+        self._reader.feed(data)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -80,7 +69,7 @@ class DirectConnection:
     def _put(self, data: bytes) -> bool:
         if self._broken:
             return True  # the session is ending; there is nobody to keep it for
-        if not self._backlog and not self._sending:
+        if not self._writing:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:
@@ -91,55 +80,54 @@ class DirectConnection:
             if sent == len(data):
                 return True
             data = data[sent:]
-        if len(self._backlog) >= self._capacity:
+            if self._nursery is None:  # finishing: no writer any more
+                self._broken = True
+                return True
+            self._writing = True
+            self._nursery.start_soon(self._write_backlog)
+        elif len(self._backlog) >= self._capacity:
             return False
         self._backlog.append(data)
-        self._writer_wakeup.unpark_all()
         return True
 
-    async def run_writer(self) -> None:
-        """Send what the kernel did not take at once, as it takes it, until cancelled."""
-        while True:
-            while not self._backlog:
-                await self._writer_wakeup.park()
-            if not await self._send_backlog():
-                return
+    async def serve_writes(self, nursery: trio.Nursery) -> None:
+        """Where a writer task is started when the kernel buffer is full."""
+        self._nursery = nursery
 
-    async def _send_backlog(self) -> bool:
-        data = b"".join(self._backlog)
-        self._backlog.clear()
-        self._sending = True
+    async def _write_backlog(self) -> None:
+        """Send the queue as the socket takes it; direct writes resume once it is empty."""
         try:
-            await self._stream.send_all(data)
+            while self._backlog and not self._broken:
+                data = b"".join(self._backlog)
+                self._backlog.clear()
+                await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
-            return False
         except BaseException:
             self._broken = True  # cut short (cancelled): part of a frame may be out
             raise
         finally:
-            self._sending = False
-        return True
+            self._writing = False
 
     async def finish(self, code: int | None, reason: str) -> None:
         """End the connection: queued frames and the close frame first (``code`` None:
-        the peer left; 1013: it is not reading, so nothing is sent), then the socket."""
+        the peer left; 1013: it is not reading, so only a best-effort close frame),
+        then the socket."""
+        self._nursery = None  # the session's nursery is closed by now
         try:
-            if code is not None and not self._broken:
+            if code is not None and not self._broken and not self._closed_by_peer:
                 with trio.move_on_after(FINISH_TIMEOUT):
-                    if code != CLOSE_TRY_AGAIN_LATER and self._backlog:
-                        await self._send_backlog()
-                    if not self._broken:
-                        try:
-                            closing = self._ws.send(CloseConnection(code=code, reason=reason[:120]))
-                        except LocalProtocolError:
-                            closing = b""  # the close handshake already happened
-                        if code == CLOSE_TRY_AGAIN_LATER:
+                    if code == CLOSE_TRY_AGAIN_LATER:
+                        self._backlog.clear()
+                        if not self._writing:
+                            self._put(close_frame(code, reason))
+                    else:
+                        if self._backlog and not self._writing:
+                            await self._stream.send_all(b"".join(self._backlog))
                             self._backlog.clear()
-                            self._put(closing)  # best effort; the buffer is likely full
-                        elif closing:
-                            await self._stream.send_all(closing)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        if not self._writing and not self._broken:
+                            await self._stream.send_all(close_frame(code, reason))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
         finally:
             with trio.CancelScope(shield=True):
@@ -149,41 +137,30 @@ class DirectConnection:
 
     async def receive(self) -> Incoming:
         """The next complete message; answers pings and the close handshake itself."""
+        reader = self._reader
         while True:
-            while self._events:
-                event = self._events.popleft()
-                if isinstance(event, TextMessage | BytesMessage):
-                    self._size += len(event.data)
-                    if self._size > self._max_bytes:
-                        return TOO_LARGE
-                    self._parts.append(
-                        event.data if isinstance(event.data, str) else bytes(event.data)
-                    )
-                    if event.message_finished:
-                        return self._message()
-                elif isinstance(event, Ping):
-                    self._put(self._ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self._close_handshake(event)
+            received = reader.next()
+            if received is None:
+                try:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
-            try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not data:
+                    return None
+                reader.feed(data)
+                continue
+            kind = received.kind
+            if kind is Kind.TEXT or kind is Kind.BINARY:
+                return received.data
+            if kind is Kind.PING:
+                assert isinstance(received.data, bytes)
+                self._put(frame(received.data, OP_PONG))
+            elif kind is Kind.TOO_BIG:
+                return TOO_LARGE
+            else:  # CLOSE from the peer, or a protocol violation (FAILED)
+                self._closed_by_peer = True
+                echo = received.code if kind is Kind.CLOSE and received.code != 1005 else 1000
+                self._put(
+                    close_frame(echo if kind is Kind.CLOSE else received.code, received.reason)
+                )
                 return None
-            if not data:
-                return None
-            self._ws.receive_data(data)
-            self._events.extend(self._ws.events())
-
-    def _message(self) -> str | bytes:
-        parts, self._parts, self._size = self._parts, [], 0
-        if isinstance(parts[0], str):
-            return "".join(parts)  # type: ignore[arg-type]
-        return b"".join(parts)  # type: ignore[arg-type]
-
-    def _close_handshake(self, event: CloseConnection) -> None:
-        if self._ws.state is ConnectionState.REMOTE_CLOSING:
-            self._put(self._ws.send(event.response()))
-        else:
-            # wsproto failed the connection (e.g. invalid UTF-8: 1007): say why.
-            self._put(self._ws.send(CloseConnection(code=event.code, reason=event.reason)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
+import trio
+
 from ..actors.session import Outbox, Outgoing
 from ..metrics import Metrics
 from ..protocol import Error, Push
@@ -23,9 +25,10 @@ Incoming = str | bytes | _TooLarge | None
 class Connection(Protocol):
     """One accepted WebSocket connection.
 
-    ``outbox`` is what the engine offers to (it never waits); ``run_writer``
-    sends what the outbox queues until cancelled; ``finish`` ends the
-    connection from the server's side with a close code.
+    ``outbox`` is what the engine offers to (it never waits); ``serve_writes``
+    gives the connection the session's nursery for whatever writer task it
+    needs (the session cancels it when it ends); ``finish`` ends the
+    connection, from the server's side when it has a close code.
     """
 
     @property
@@ -33,7 +36,7 @@ class Connection(Protocol):
 
     async def receive(self) -> Incoming: ...
 
-    async def run_writer(self) -> None: ...
+    async def serve_writes(self, nursery: trio.Nursery) -> None: ...
 
     async def finish(self, code: int | None, reason: str) -> None: ...
 
