@@ -258,7 +258,44 @@ def to_wire(message: p.ServerMessage) -> dict[str, Any]:
 
 def encode(message: p.ServerMessage) -> str:
     """The JSON text of a server message."""
-    return orjson.dumps(to_wire(message)).decode()
+    return encode_bytes(message).decode()
+
+
+def encode_bytes(message: p.ServerMessage) -> bytes:
+    """The JSON of a server message, UTF-8.
+
+    Lists of users (``presence``, ``all_users``, ``presence_state``) are spliced
+    from each view's cached encoding: answering a bulk query is then mostly
+    joining bytes. A test holds the result equal to the generic encoding.
+    """
+    users = getattr(message, "users", None)
+    if users is None:
+        return orjson.dumps(to_wire(message))
+    head: dict[str, Any] = {"type": message.TYPE, "timestamp": format_timestamp(message.timestamp)}
+    if isinstance(message, p.AllUsers):
+        head["nextCursor"] = message.next_cursor
+    if message.request_id is not None:
+        head["requestId"] = message.request_id
+    listed = b",".join([view_fragment(view) for view in users])
+    return orjson.dumps(head)[:-1] + b',"users":[' + listed + b"]}"
+
+
+# The directory's views live until they change, so their encodings are kept
+# (keyed by the view object, which the entry keeps alive) up to a bound.
+_FRAGMENT_LIMIT = 100_000
+_fragments: dict[int, tuple[UserView, bytes]] = {}
+
+
+def view_fragment(view: UserView) -> bytes:
+    """The JSON of one UserView, encoded once per view object."""
+    entry = _fragments.get(id(view))
+    if entry is not None and entry[0] is view:
+        return entry[1]
+    data = orjson.dumps(view_to_wire(view))
+    if len(_fragments) >= _FRAGMENT_LIMIT:
+        _fragments.clear()
+    _fragments[id(view)] = (view, data)
+    return data
 
 
 def make_push(view: UserView, timestamp: int) -> p.Push:

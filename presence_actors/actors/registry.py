@@ -109,6 +109,8 @@ USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
 _POLICY_REQUESTS = (SetPrivacy, Block, Unblock)
 # Messages handled per wake-up before yielding to other tasks.
 DRAIN_BATCH = 256
+# How often at most a session's queries tell its actor that it is active.
+SEEN_INTERVAL = 1.0
 # The registry answers every question at once; waiting longer means it is wedged.
 ASK_TIMEOUT = 5.0
 
@@ -132,6 +134,7 @@ class _Watch:
     """Registry-side bookkeeping of one live session."""
 
     subscriptions: set[str] = field(factory=set)
+    seen_at: float = -math.inf  # when its actor was last told it is active
 
 
 class Registry:
@@ -365,7 +368,13 @@ class Registry:
             self._tell(session.user_id, request)
             return
         else:
-            self._tell(session.user_id, Seen(session))
+            watch = self._sessions[session]
+            now = trio.current_time()
+            # Queries are activity too; telling the actor once a second is enough
+            # for lastSeen and away, and spares it a wake-up per query.
+            if now - watch.seen_at >= SEEN_INTERVAL:
+                watch.seen_at = now
+                self._tell(session.user_id, Seen(session))
         try:
             if forbidden:
                 raise ProtocolError(

@@ -20,7 +20,7 @@ from .. import codec
 from ..actors.session import CLOSE_TRY_AGAIN_LATER, Outgoing
 from ..metrics import Metrics
 from ..protocol import Push
-from .frames import OP_PONG, FrameReader, Kind, close_frame, frame, text_frame
+from .frames import OP_PONG, FrameReader, Kind, close_frame, frame
 from .wsconn import TOO_LARGE, Incoming, count_out
 
 _RECEIVE_SIZE = 65536
@@ -62,7 +62,7 @@ class DirectConnection:
             if data is None:
                 data = item.wire = frame(item.payload)
         else:
-            data = text_frame(codec.encode(item))
+            data = frame(codec.encode_bytes(item))
         count_out(self._metrics, item)
         return self._put(data)
 
