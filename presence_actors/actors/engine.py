@@ -21,7 +21,7 @@ from ..config import Settings
 from ..model import Status, UserView
 from ..persistence.store import BatchResult, Store
 from ..persistence.writer import PersistenceActor
-from ..protocol import ClientMessage, ProtocolError
+from ..protocol import ClientMessage, Heartbeat, HeartbeatAck, ProtocolError
 from .clock import WallClock
 from .directory import Directory
 from .messages import AdminCommand, Attach, Detach, Query, Request, Told
@@ -59,17 +59,26 @@ class Engine:
     async def request(self, session: SessionHandle, message: ClientMessage) -> None:
         """Submit a client request; its reply (or error) arrives in the session's outbox.
 
-        Requests for the user itself (heartbeat, set_status, ...) go straight to
-        the user's actor once the session was accepted; others go through the
-        registry. Replies come in the order the requests of each kind were made.
+        A bare heartbeat is answered here: it only records that the session is
+        alive, which the user's actor reads when a timer of it comes due. Other
+        requests for the user itself (set_status, ...) go straight to the user's
+        actor once the session was accepted; the rest go through the registry.
+        Replies come in the order the requests of each kind were made.
         Like ``Registry.tell``, not a checkpoint unless it has to wait.
         """
+        session.last_message = trio.current_time()
         actor = session.actor
-        if (
-            actor is not None
-            and isinstance(message, USER_REQUESTS)
-            and message.user_id in (None, session.user_id)
-        ):
+        own = message.user_id in (None, session.user_id)
+        if own and isinstance(message, Heartbeat) and not message.active:
+            # Liveness is the timestamp just set; the actor reads it when it needs to.
+            ack = HeartbeatAck(
+                timestamp=self.clock.now_ms(),
+                request_id=message.request_id,
+                next_heartbeat_in_seconds=self.settings.presence.heartbeat_interval,
+            )
+            session.deliver(ack)
+            return
+        if actor is not None and own and isinstance(message, USER_REQUESTS):
             # The actor's inbox is unbounded; the session's rate limit bounds this.
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 actor.send_nowait(Told(session, message))  # closed: the actor retired

@@ -9,6 +9,7 @@ the transport to close through a callback.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -104,6 +105,10 @@ class SessionHandle:
     present: bool = True
     watches: Watches = Watches.MODE
     closing: bool = field(default=False, init=False)
+    # When the last message of any kind arrived (trio time). Written by
+    # Engine.request in the session's own task, read by the user's actor: it is
+    # how heartbeats keep a session alive without a trip to the actor.
+    last_message: float = field(default=-math.inf, init=False)
     # The user actor's inbox, given by the registry when the session is accepted:
     # requests only the actor answers go there directly, past the registry.
     actor: trio.MemorySendChannel[Any] | None = field(default=None, init=False)

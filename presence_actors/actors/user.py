@@ -11,7 +11,6 @@ and the actor fires whatever is due at that moment.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,14 +84,20 @@ class UserActor:
         self._writer = writer
         self._alarms = alarms
         self.ring = ring  # the alarm task calls it: a Tick into this actor's inbox
-        # The next moment a timer fires: written by this actor after each turn,
-        # read by the alarm task when an alarm comes due.
-        self.deadline = math.inf
         self._retire_asked_at: int | None = None
 
     @property
     def name(self) -> str:
         return self.state.user_id
+
+    @property
+    def deadline(self) -> float:
+        """When a timer of this user fires next, as of now (the alarm task asks too).
+
+        A read of the state this actor committed and of its sessions' handles;
+        heartbeats the actor never saw move it later.
+        """
+        return rules_.next_deadline(self.state, trio.current_time(), self._rules)
 
     async def run(self) -> None:
         """Serve the inbox until the registry closes it (the actor was retired).
@@ -115,7 +120,6 @@ class UserActor:
                 except trio.EndOfChannel:
                     return
                 await self._handle(message)
-            self.deadline = rules_.next_deadline(self.state, trio.current_time(), self._rules)
             self._alarms.ensure(self.state.user_id, self.deadline, self)
             if self.state.idle and self._retire_asked_at != self.processed:
                 self._retire_asked_at = self.processed

@@ -249,15 +249,29 @@ def view_of(state: UserState, now: float, rules: Rules) -> UserView:
     )
 
 
+def _last_heard(session: SessionState) -> float:
+    # Bare heartbeats are answered without reaching the actor (Engine.request);
+    # the handle records when the last message of any kind arrived.
+    return max(session.last_message, session.handle.last_message)
+
+
 def next_deadline(state: UserState, now: float, rules: Rules) -> float:
-    """The earliest moment a timer of this user fires (``inf`` when none)."""
+    """The earliest moment a timer of this user fires (``inf`` when none).
+
+    Reads each session's ``handle.last_message``, so it moves with heartbeats
+    the actor never saw.
+    """
     deadline = math.inf
+    shown_away = (
+        {d.device_id for d in state.shown.devices if d.status is Status.AWAY}
+        if state.shown is not None
+        else set()
+    )
     for session in state.sessions:
-        deadline = min(deadline, session.last_message + rules.heartbeat_timeout)
-        if session.status is Status.ONLINE:
-            away_at = session.last_activity + rules.away_after
-            if away_at > now:
-                deadline = min(deadline, away_at)
+        deadline = min(deadline, _last_heard(session) + rules.heartbeat_timeout)
+        # Away detection is pending until the session is shown away.
+        if session.status is Status.ONLINE and session.handle.device_id not in shown_away:
+            deadline = min(deadline, session.last_activity + rules.away_after)
     if state.grace is not None:
         deadline = min(deadline, state.grace.deadline)
     if state.push_due is not None:
@@ -308,18 +322,21 @@ def attach(state: UserState, handle: SessionHandle, now: float, rules: Rules) ->
 
 def detach(state: UserState, handle: SessionHandle, now: float, rules: Rules) -> Outcome:
     """The transport lost the session (drop, close, server-side close): grace applies."""
-    session = state.session_of(handle)
-    if session is None:
+    if state.session_of(handle) is None:
         return state, []
-    return _remove(state.copy(), session, now, rules, reason="disconnect", effects=[])
+    state = _synced(state, rules)
+    session = state.session_of(handle)
+    assert session is not None
+    return _remove(state, session, now, rules, reason="disconnect", effects=[])
 
 
 def seen(state: UserState, handle: SessionHandle, now: float, rules: Rules) -> Outcome:
     """The session sent a request handled elsewhere: it is alive and active."""
-    session = state.session_of(handle)
-    if session is None:
+    if state.session_of(handle) is None:
         return state, []
-    state = state.copy()
+    state = _synced(state, rules)
+    session = state.session_of(handle)
+    assert session is not None
     _touch(state, session, now, rules, active=True)
     return _finish(state, [], now, rules, cause=handle, reason="active")
 
@@ -328,10 +345,11 @@ def request(
     state: UserState, handle: SessionHandle, message: ClientMessage, now: float, rules: Rules
 ) -> Outcome:
     """A client request addressed to the user itself."""
-    session = state.session_of(handle)
-    if session is None:
+    if state.session_of(handle) is None:
         return state, []
-    state = state.copy()
+    state = _synced(state, rules)
+    session = state.session_of(handle)
+    assert session is not None
     stamp = rules.clock.ms(now)
     rid = message.request_id
     match message:
@@ -365,7 +383,7 @@ def request(
 
 def expire(state: UserState, now: float, rules: Rules) -> Outcome:
     """Fire every timer that is due at ``now``: heartbeat timeouts, grace, away, pushes."""
-    state = state.copy()
+    state = _synced(state, rules)
     effects: list[Effect] = []
     for session in state.sessions:
         if session.last_message + rules.heartbeat_timeout <= now:
@@ -382,6 +400,28 @@ def expire(state: UserState, now: float, rules: Rules) -> Outcome:
 
 
 # --- helpers (they change the state they are given) ---------------------------------
+
+
+def _synced(state: UserState, rules: Rules) -> UserState:
+    """A copy of ``state`` with what its sessions heard that the actor did not see.
+
+    A visible session's bare heartbeats count for lastSeen (as the moment it
+    was last known present); an invisible one's never do.
+    """
+    state = state.copy()
+    sessions = list(state.sessions)
+    for index, session in enumerate(sessions):
+        heard = session.handle.last_message
+        if heard > session.last_message:
+            sessions[index] = SessionState(
+                session.handle, session.status, heard, session.last_activity
+            )
+            if session.status is not Status.OFFLINE:
+                stamp = rules.clock.ms(heard)
+                if state.seen_alive is None or stamp > state.seen_alive:
+                    state.seen_alive = stamp
+    state.sessions = tuple(sessions)
+    return state
 
 
 def _touch(
