@@ -48,3 +48,22 @@ async def test_alarms_ring_at_the_deadline_asked_now(autojump_clock: MockClock) 
         assert record[-1] == (35.0, "new")
         assert len(record) == 4
         nursery.cancel_scope.cancel()
+
+
+async def test_alarms_close_together_ring_each_at_its_own_moment(
+    autojump_clock: MockClock,
+) -> None:
+    """A wake also re-arms alarms due within the look-ahead, but never rings them early."""
+    record: list[tuple[float, str]] = []
+    alarms = Alarms()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alarms.run)
+        sleepers = [Sleeper(f"s{i}", record) for i in range(5)]
+        for i, sleeper in enumerate(sleepers):
+            sleeper.deadline = 2.0 + i * 0.1
+            alarms.ensure(sleeper.name, sleeper.deadline, sleeper)
+        # s1 was postponed by a heartbeat the alarm never heard of.
+        sleepers[1].deadline = 7.0
+        await trio.sleep(10)
+        assert record == [(2.0, "s0"), (2.2, "s2"), (2.3, "s3"), (2.4, "s4"), (7.0, "s1")]
+        nursery.cancel_scope.cancel()

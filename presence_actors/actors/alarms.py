@@ -22,6 +22,8 @@ import trio
 # Rebuild the heap once stale entries (alarms moved or cancelled) outnumber live ones
 # by this much, so memory stays proportional to the number of actors.
 _STALE_SLACK = 1024
+# How far ahead of now a wake also checks alarms (seconds): see ``run``.
+LOOK_AHEAD = 1.0
 
 
 class Sleeper(Protocol):
@@ -82,17 +84,27 @@ class Alarms:
                 await trio.sleep_forever()
             self._wakeup = None
             now = trio.current_time()
-            while self._heap and self._heap[0][0] <= now:
+            # Alarms due soon are looked at now as well: most were set before a
+            # heartbeat moved their deadline, and re-setting them here saves a
+            # wake (a cancel scope and a task switch) each. Only those really
+            # due ring, so no timer fires early.
+            horizon = now + LOOK_AHEAD
+            due: list[tuple[float, str]] = []
+            while self._heap and self._heap[0][0] <= horizon:
                 deadline, _, key = heapq.heappop(self._heap)
+                due.append((deadline, key))
+            for deadline, key in due:
                 current = self._due.get(key)
                 if current is None or current[0] != deadline:
                     continue  # stale: moved earlier since
-                del self._due[key]
                 sleeper = current[1]
                 actual = sleeper.deadline
                 if actual <= now:
+                    del self._due[key]
                     sleeper.ring()
-                elif actual != math.inf:
+                elif actual == math.inf:
+                    del self._due[key]
+                else:
                     self._schedule(key, actual, sleeper)
 
     def _next(self) -> float:
