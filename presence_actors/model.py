@@ -99,8 +99,14 @@ def unknown_user(user_id: str) -> UserView:
 @functools.lru_cache(maxsize=4096)
 def format_timestamp(unix_ms: int) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-23T10:30:00.000Z``."""
-    moment = datetime.fromtimestamp(unix_ms / 1000, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{unix_ms % 1000:03d}Z"
+    return f"{_format_second(unix_ms // 1000)}.{unix_ms % 1000:03d}Z"
+
+
+# Live timestamps are new milliseconds but share their second: the date
+# formatting, most of the cost, is done once per second.
+@functools.lru_cache(maxsize=1024)
+def _format_second(unix_seconds: int) -> str:
+    return f"{datetime.fromtimestamp(unix_seconds, UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def parse_timestamp(text: str) -> int:
