@@ -48,6 +48,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.server.graceful_timeout
+    # After a restart every client reconnects at once; hypercorn's default of
+    # 100 pending connections makes the rest wait for SYN retries (1 s, 3 s, ...).
+    config.backlog = 1024
     config.websocket_max_message_size = max(
         _HYPERCORN_FRAME_FACTOR * settings.limits.max_message_bytes, 1 << 20
     )
