@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -120,11 +121,31 @@ async def serve_until_signalled(
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(settings) as server:
+            tune_garbage_collector()
             task_status.started(server)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 _start_watchdog(2 * settings.server.graceful_timeout + 1)
                 break
+
+
+# Collect young objects after this many net allocations instead of 700: a
+# server holding 10,000 sessions otherwise runs a full collection of ~250,000
+# objects every second or two, 40-120 ms each, which is both CPU and the tail
+# of push latency. Garbage without cycles is freed by reference counting either way.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Settings for a long-running server process (called once, when it is ready).
+
+    What the process allocated while starting (modules, settings, the loaded
+    state) lives as long as it does: frozen, the collector never scans it again.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _start_watchdog(seconds: float) -> None:
