@@ -90,6 +90,9 @@ class UserView:
         return (self.status, self.status_message, self.username)
 
 
+# One shared (frozen) view per id: bulk answers about the same unknown or
+# hidden users then reuse its cached encoding instead of building it anew.
+@functools.lru_cache(maxsize=65_536)
 def unknown_user(user_id: str) -> UserView:
     """How a user that does not exist, or that the watcher may not see, looks."""
     return UserView(user_id=user_id)

@@ -27,7 +27,7 @@ from ..actors.messages import (
     ReplaceContacts,
     SetVisibility,
 )
-from ..codec import view_to_wire
+from ..codec import view_fragment, view_to_wire
 from ..config import Settings
 from ..model import (
     Status,
@@ -196,7 +196,8 @@ class HttpApi:
         for user_id in ids:
             _user_id(user_id)
         views = await self.engine.ask(ViewsQuery(watcher, ids))
-        return 200, {"success": True, "users": [view_to_wire(v) for v in views]}
+        # Each view's JSON is encoded once and shared with the WebSocket answers.
+        return 200, {"success": True, "users": [orjson.Fragment(view_fragment(v)) for v in views]}
 
     async def _history(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
         user_id = _user_id(params["user_id"])
