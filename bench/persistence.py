@@ -1,6 +1,9 @@
 """Persistence throughput: batched commits vs one transaction per row.
 
-    python bench/persistence.py [--rows N]
+    python bench/persistence.py [--rows N] [--json]
+
+(also ``python -m presence_actors bench persistence``, which runs this pinned
+to the server's core)
 
 (a) ``batched``: N presence events told (``submit_nowait``, waiting only when the
 intake is full) to a real PersistenceActor with the default settings (batch 500,
@@ -14,6 +17,7 @@ batched file after N events.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -95,9 +99,13 @@ def run(rows: int, path: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="presence-bench-") as tmp:
         result = run(args.rows, Path(tmp))
+    if args.json:
+        print(json.dumps(result))
+        return
     print(f"rows                     {result['rows']:>12,.0f}")
     print(f"batched (actor) rows/s   {result['batched_rows_per_s']:>12,.0f}")
     print(f"unbatched rows/s         {result['unbatched_rows_per_s']:>12,.0f}")

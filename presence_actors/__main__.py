@@ -11,6 +11,7 @@ import argparse
 import secrets
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -405,6 +406,33 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ---------------------------------------------------------------------------
+
+# The benchmarks are not part of the installed package: they live beside it in
+# a source checkout (``bench/``), with their own load-generator processes.
+_BENCH_RUNNER = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="connections, fanout, query, persistence or broadcast",
+    )
+    parser.add_argument(
+        "options",
+        nargs=argparse.REMAINDER,
+        help="the scenario's options (see: bench SCENARIO --help)",
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if not _BENCH_RUNNER.exists():
+        raise CliError(f"the benchmarks need a source checkout: {_BENCH_RUNNER} does not exist")
+    argv = [sys.executable, str(_BENCH_RUNNER), args.scenario, *args.options]
+    return subprocess.run(argv, check=False).returncode
+
+
 # --- dispatch ------------------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -423,6 +451,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "token": Command(
         "mint a development JWT signed with auth.jwt_secret", _token_arguments, _token
+    ),
+    "bench": Command(
+        "run a benchmark scenario against its own server (needs the source checkout)",
+        _bench_arguments,
+        _bench,
     ),
 }
 

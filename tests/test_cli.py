@@ -416,3 +416,34 @@ def test_token_mints_a_jwt_the_server_accepts(
     status, _, err = run_cli(capsys, "token", "alice", "--ttl", "soon", "--config", str(config))
     assert status == 2
     assert "Traceback" not in err
+
+
+def test_bench_runs_a_scenario_and_prints_its_figures_as_json(tmp_path: Path) -> None:
+    """``bench persistence`` is the one scenario without a server: quick enough for a test."""
+    argv = ["bench", "persistence", "--rows", "2000", "--json", "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-m", "presence_actors", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["scenario"] == "persistence"
+    [figures] = document["runs"]
+    # Batching is the point of the PersistenceActor: it must beat a commit per row.
+    assert figures["batched_rows_per_s"] > figures["unbatched_rows_per_s"] > 0
+    assert figures["mb_per_million_events"] > 0
+
+
+def test_bench_of_an_unknown_scenario_fails_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "presence_actors", "bench", "nonesuch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "nonesuch" in result.stderr

@@ -1,0 +1,9 @@
+"""The scenarios ``bench/run.py`` knows, by name."""
+
+from __future__ import annotations
+
+from bench.scenarios import broadcast, connections, fanout, persistence, query
+
+SCENARIOS = {module.NAME: module for module in (connections, fanout, query, persistence, broadcast)}
+
+__all__ = ["SCENARIOS"]
