@@ -14,7 +14,7 @@ from .messages import (
     UserPage,
     ViewsQuery,
 )
-from .session import ANONYMOUS, MemoryOutbox, NullOutbox, Outbox, SessionHandle, Watches
+from .session import ANONYMOUS, MemoryOutbox, Outbox, SessionHandle, Watches
 
 __all__ = [
     "ANONYMOUS",
@@ -23,7 +23,6 @@ __all__ = [
     "ListQuery",
     "LookupQuery",
     "MemoryOutbox",
-    "NullOutbox",
     "Outbox",
     "PolicyQuery",
     "SessionHandle",

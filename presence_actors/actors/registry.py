@@ -271,7 +271,9 @@ class Registry:
     def _spawn(self, user_id: str) -> _ActorRef:
         assert self._nursery is not None, "the registry is not running"
         view = self.directory.get(user_id) or unknown_user(user_id)
-        # Unbounded: everything put here first passed the registry's bounded intake.
+        # Unbounded: what comes through the registry passed its bounded intake, and
+        # what a session tells its actor directly (Told) is bounded by the
+        # session's rate limit.
         send, receive = trio.open_memory_channel[ActorMessage](math.inf)
         actor = UserActor(
             UserState.from_view(view),

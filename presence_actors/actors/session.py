@@ -60,13 +60,6 @@ class MemoryOutbox:
         self._send.close()
 
 
-class NullOutbox:
-    """For sessions that receive nothing (gRPC TTL sessions): accepts and drops."""
-
-    def offer(self, item: Outgoing) -> bool:
-        return True
-
-
 def _ignore_close(code: int, reason: str) -> None:
     pass
 

@@ -2,9 +2,10 @@
 
 The actor is a loop over its inbox that owns the user's :class:`UserState`.
 Its timers (heartbeat deadlines, away detection, the grace period, a held-back
-push) come down to one next deadline computed from its state: a heartbeat
-moves it by changing the state, a reconnect cancels the grace period by
-removing it. The actor keeps an alarm set no later than that deadline; the
+push) come down to one next deadline computed from its state and its sessions'
+handles: a bare heartbeat, answered by the engine without visiting the actor,
+moves it by stamping ``SessionHandle.last_message``; a reconnect cancels the
+grace period by removing it. The actor keeps an alarm set no later than that deadline; the
 alarm delivers a :class:`Tick` into the inbox, in order with everything else,
 and the actor fires whatever is due at that moment.
 """

@@ -1,4 +1,5 @@
-"""Run the server: the engine and hypercorn's trio worker under one nursery."""
+"""Run the server: the engine, and the PortServer (our listener: WebSocket upgrades
+served directly, everything else through hypercorn's connection handling) inside it."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
     """Serve for the duration of the block; the server is listening when it starts.
 
     On exit: new connections are refused, open sessions are closed with 1001,
-    hypercorn waits up to ``server.graceful_timeout`` for connections to end,
+    connections get up to ``server.graceful_timeout`` to end,
     and the engine records everyone offline and commits. The commit does not
     wait for connections that still have not ended (a peer that stopped
     reading can hold a send forever); see :func:`serve_until_signalled`.
