@@ -157,10 +157,12 @@ async def _serve_until_signalled(settings: Settings) -> None:
         server: RunningServer = await nursery.start(serve_until_signalled, settings)
         base = server.base_url
         websocket = base.replace("http", "ws", 1)
+        # In jwt mode the token names the user (a userId, if given, must match it).
+        identity = "token=YOUR_JWT" if settings.auth.mode == "jwt" else "userId=YOUR_USER_ID"
         print(
             f"presence_actors is listening (Ctrl-C to stop)\n"
             f"  page       {base}/\n"
-            f"  websocket  {websocket}/ws?userId=YOUR_USER_ID\n"
+            f"  websocket  {websocket}/ws?{identity}\n"
             f"  api        {base}/api/users",
             flush=True,
         )
@@ -363,7 +365,7 @@ def _import_json(args: argparse.Namespace) -> int:
     database = settings.persistence.path
     with Store.open(database) as store:
         count = import_records(store, state.records, time.time_ns() // 1_000_000)
-    print(f"imported {count} users from {state.path} into {database} (all offline)")
+    print(f"imported {_count(count, 'user')} from {state.path} into {database} (all offline)")
     return 0
 
 
@@ -375,7 +377,7 @@ def _export_json(args: argparse.Namespace) -> int:
         users = reader.load_users()
     kept = write_state(args.file, state_document(users))
     backup = " (the previous file is kept as its _backup)" if kept else ""
-    print(f"exported {len(users)} users from {database} to {args.file}{backup}")
+    print(f"exported {_count(len(users), 'user')} from {database} to {args.file}{backup}")
     return 0
 
 
@@ -463,6 +465,8 @@ COMMANDS: dict[str, Command] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Real-time 'who is online' server and tools.")
     parser.set_defaults(run=_serve, config=None, host=None, port=None)
+    # Without a command it serves, so serve's options work here too.
+    _serve_arguments(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
@@ -495,6 +499,10 @@ def _expected_failure(exc: BaseException) -> str | None:
     if isinstance(exc, _EXPECTED):
         return str(exc).strip() or type(exc).__name__
     return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _warn(message: str) -> None:

@@ -17,7 +17,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from presence_actors import protocol as p
-from presence_actors.__main__ import ago, main
+from presence_actors.__main__ import _serve, ago, build_parser, main
 from presence_actors.client import Disconnected, open_presence_client
 from presence_actors.model import Status
 from presence_actors.persistence import open_reader
@@ -447,3 +447,8 @@ def test_bench_of_an_unknown_scenario_fails_naming_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nonesuch" in result.stderr
+
+
+def test_serve_options_work_without_the_serve_command() -> None:
+    args = build_parser().parse_args(["--port", "0", "--config", "x.toml"])
+    assert (args.run, args.port, str(args.config)) == (_serve, 0, "x.toml")

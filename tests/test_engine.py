@@ -510,6 +510,29 @@ async def test_state_survives_an_engine_restart(autojump_clock: MockClock, tmp_p
     assert reasons[-1] == "shutdown"
 
 
+async def test_a_clean_shutdown_records_last_seen_at_the_last_heartbeat_once(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path)
+    async with running_engine(settings) as engine:
+        alice = await connect(engine, "alice")
+        for _ in range(3):
+            await trio.sleep(5)
+            await alice.send(Heartbeat())
+            await alice.expect(HeartbeatAck)
+        await trio.sleep(2)
+        # The server records the shutdown, then the engine's own exit asks again.
+        await engine.record_shutdown()
+    async with running_engine(settings) as engine:
+        view = await status_of(engine, "alice", watcher="alice")
+        # Bare heartbeats never reached the actor, yet they count: alice was last
+        # heard at 15 s, not at her connect.
+        assert (view.status, view.last_seen) == (Status.OFFLINE, ms(15))
+    with Store.open(settings.persistence.path) as store:
+        reasons = [e.reason for e in store.history("alice", 0, ms(10**6), 100)]
+    assert reasons.count("shutdown") == 1
+
+
 async def test_a_full_outbox_closes_only_that_session(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ class Engine:
         self.clock = clock
         self.registry = registry
         self.writer = writer
+        self._shutdown_recorded = False
 
     async def attach(self, session: SessionHandle) -> None:
         """Attach a session; its outbox receives ``welcome`` (or an error and a close).
@@ -96,9 +97,12 @@ class Engine:
     async def record_shutdown(self) -> None:
         """Record everyone shown online as offline (reason ``shutdown``) and commit it.
 
-        Bounded by ``server.graceful_timeout`` and shielded; safe to call more
-        than once (the later calls write the same rows again).
+        Bounded by ``server.graceful_timeout`` and shielded. Only the first call
+        records anything (the server and the engine's own exit both call it).
         """
+        if self._shutdown_recorded:
+            return
+        self._shutdown_recorded = True
         with trio.move_on_after(self.settings.server.graceful_timeout, shield=True):
             for intent in self.registry.final_offline(self.clock.now_ms()):
                 await self.writer.submit(intent)

@@ -100,7 +100,7 @@ from .policy import Policy
 from .session import CLOSE_TRY_AGAIN_LATER, SessionHandle, Watches
 from .supervisor import RestartPolicy, supervise
 from .user import UserActor, Writer
-from .user_state import Accepted, Ended, Publish, Rules, UserState
+from .user_state import Accepted, Ended, Publish, Rules, UserState, last_alive
 
 log = logging.getLogger("presence_actors.registry")
 
@@ -118,6 +118,8 @@ ASK_TIMEOUT = 5.0
 @define
 class _ActorRef:
     inbox: trio.MemorySendChannel[ActorMessage]
+    # Read (never written) by the registry only at shutdown, for final lastSeen values.
+    actor: UserActor
     routed: int = 0
 
 
@@ -285,7 +287,7 @@ class Registry:
             partial(self._ring, user_id),
         )
         self._nursery.start_soon(supervise, actor, self._restart_policy, self._count_restart)
-        ref = _ActorRef(send)
+        ref = _ActorRef(send, actor)
         self._actors[user_id] = ref
         self.stats.actors_spawned += 1
         return ref
@@ -696,17 +698,24 @@ class Registry:
         raise AssertionError(f"unknown query {query!r}")
 
     def final_offline(self, now_ms: int) -> list[Intent]:
-        """Intents that record every user shown online as offline (clean shutdown)."""
+        """Intents that record every user shown online as offline (clean shutdown).
+
+        lastSeen becomes what going offline would have made it: the last message
+        or heartbeat of a visible session, including heartbeats the actor did
+        not see yet.
+        """
         intents: list[Intent] = []
         for view in self.directory.views():
             if view.online:
+                ref = self._actors.get(view.user_id)
+                alive = None if ref is None else last_alive(ref.actor.state, self.rules)
                 intents.append(
                     PresenceRow(
                         view.user_id,
                         Status.OFFLINE,
                         view.username,
                         view.status_message,
-                        view.last_seen,
+                        alive or view.last_seen,
                         now_ms,
                     )
                 )

@@ -402,6 +402,12 @@ def expire(state: UserState, now: float, rules: Rules) -> Outcome:
 # --- helpers (they change the state they are given) ---------------------------------
 
 
+def last_alive(state: UserState, rules: Rules) -> int | None:
+    """When a visible session of this user was last heard from (wall ms), counting
+    bare heartbeats the actor has not folded in yet; None if never."""
+    return _synced(state, rules).seen_alive
+
+
 def _synced(state: UserState, rules: Rules) -> UserState:
     """A copy of ``state`` with what its sessions heard that the actor did not see.
 
