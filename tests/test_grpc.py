@@ -376,6 +376,18 @@ async def test_stream_sends_the_state_then_changes(tmp_path: Path, stubs: Simple
             assert await stream.take(1) == [("carol", "OFFLINE")]
 
 
+async def test_a_status_set_over_grpc_is_pushed_without_a_passing_online(
+    tmp_path: Path, stubs: SimpleNamespace
+) -> None:
+    pb = stubs.pb
+    async with serving(tmp_path, stubs) as (server, grpc_), ws_client(server, "carol") as carol:
+        await grpc_.call("SetUserStatus", user_id="alice", status=pb.AWAY, status_message="brb")
+        push = await carol.next()
+        while push["type"] != "user_status_change":
+            push = await carol.next()
+        assert (push["userId"], push["status"]) == ("alice", "away")
+
+
 async def test_cancelling_a_stream_frees_its_watcher(
     tmp_path: Path, stubs: SimpleNamespace
 ) -> None:

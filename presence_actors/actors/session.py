@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import trio
 from attrs import define, field
 
-from ..model import DeviceType
+from ..model import DeviceType, Status
 from ..protocol import Push, ServerMessage
 
 Outgoing = ServerMessage | Push
@@ -97,6 +97,10 @@ class SessionHandle:
     # False: an observer; it shows no presence, has no actor and changes nothing.
     present: bool = True
     watches: Watches = Watches.MODE
+    # The status the session starts with (None: online, or what the same device
+    # had within the grace period). A gRPC SetUserStatus that opens a session
+    # gives it, so watchers never see a passing "online".
+    initial_status: Status | None = None
     closing: bool = field(default=False, init=False)
     # When the last message of any kind arrived (trio time). Written by
     # Engine.request in the session's own task, read by the user's actor: it is

@@ -308,6 +308,8 @@ def attach(state: UserState, handle: SessionHandle, now: float, rules: Rules) ->
         for departed in state.departed:
             if departed.device_id == handle.device_id and departed.until > now:
                 status = departed.status
+    if handle.initial_status is not None:
+        status = handle.initial_status
     state = state.copy()
     session = SessionState(handle, status, now, now)
     state.sessions = (*(s for s in state.sessions if s is not replaced), session)

@@ -76,7 +76,9 @@ class TtlSession:
     woken with None and the session is forgotten.
     """
 
-    def __init__(self, user_id: str, on_end: Callable[[TtlSession], None]) -> None:
+    def __init__(
+        self, user_id: str, on_end: Callable[[TtlSession], None], status: Status | None = None
+    ) -> None:
         self.handle = SessionHandle(
             session_id=secrets.token_hex(8),
             user_id=user_id,
@@ -86,6 +88,7 @@ class TtlSession:
             on_close=self._closed,
             present=True,
             watches=Watches.NOTHING,
+            initial_status=status,
         )
         self.ended = False
         self._on_end = on_end
@@ -179,7 +182,7 @@ class TtlSessions:
         WebSocket taking over deviceId ``grpc``), a new one is opened once.
         """
         for _ in range(2):
-            session = await self._open(user_id)
+            session = await self._open(user_id, status)
             message = SetStatus(
                 request_id=_request_id(), status=status, status_message=status_message
             )
@@ -219,10 +222,10 @@ class TtlSessions:
         await session.call(self._engine, Logout(request_id=_request_id()))
         return True
 
-    async def _open(self, user_id: str) -> TtlSession:
+    async def _open(self, user_id: str, status: Status | None = None) -> TtlSession:
         session = self._live.get(user_id)
         if session is None:
-            session = TtlSession(user_id, self._forget)
+            session = TtlSession(user_id, self._forget, status)
             self._live[user_id] = session
             await session.start(self._engine)
         else:
