@@ -39,7 +39,9 @@ def _settings(path: Path) -> Settings:
     return attrs.evolve(
         base,
         persistence=attrs.evolve(base.persistence, path=str(path / "bench.db")),
-        presence=attrs.evolve(base.presence, fanout="contacts"),
+        # The sessions send no heartbeats: without this a slow run would see them
+        # time out half-way and then wait for pushes that never come.
+        presence=attrs.evolve(base.presence, fanout="contacts", heartbeat_timeout=3600.0),
         limits=attrs.evolve(
             base.limits,
             max_subscriptions=10**6,
