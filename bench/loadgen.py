@@ -37,7 +37,6 @@ import os
 import random
 import select
 import socket
-import struct
 import sys
 import time
 from array import array
@@ -49,14 +48,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import wire
+from bench import epoll_loop, wire
+from bench.epoll_loop import (
+    CMSG_SPACE,
+    PROGRESS_EVERY,
+    RECV_SIZE,
+    SO_TIMESTAMPNS,
+    GeneratorLoop,
+    arrival,
+    error_name,
+)
 
-PROGRESS_EVERY = 0.5
-RECV_SIZE = 262144
-# Linux's SO_TIMESTAMPNS (the socket module does not name it): each read comes
-# with the wall-clock time (CLOCK_REALTIME) its last segment reached the socket.
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_CMSG_SPACE = socket.CMSG_SPACE(16)
 # Changes are tagged with the send time in statusMessage, so watchers also get
 # an end-to-end latency (client send -> push arrival), not only the server's.
 TAG = "bench "
@@ -67,21 +69,6 @@ _PUSH_TYPE = b'"type":"user_status_change"'
 _TIMESTAMP = b'"timestamp":"'
 _TAG = b'"statusMessage":"' + TAG.encode()
 _USER_ID = b'"userId":"'
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
-    """When the data of one read arrived: the kernel's receive timestamp.
-
-    Unlike the time the loop got around to reading it, this does not grow
-    while the generator is busy with other connections. When one read returns
-    several frames, all get the last segment's time: a latency is then
-    over-estimated, never under-estimated. Falls back to now without one.
-    """
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            seconds, nanoseconds = struct.unpack_from("qq", data)
-            return float(seconds + nanoseconds / 1e9)
-    return time.time()
 
 
 class Conn:
@@ -134,10 +121,11 @@ class _Timestamps:
         return seconds * 1000.0 + millis
 
 
-class LoadGen:
+class LoadGen(GeneratorLoop):
     """The event loop of one generator process; see the module docstring."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
         self.host: str = spec["host"]
         self.port: int = spec["port"]
         self.role: str = spec["role"]
@@ -150,15 +138,12 @@ class LoadGen:
         # may change too: in ``fanout`` every user both changes and watches).
         self.changes: bool = spec.get("changes", self.role == "change")
         self.conns = [Conn(i, u) for i, u in enumerate(spec["users"])]
-        self.epoll = select.epoll()
         self.by_fd: dict[int, Conn] = {}
         # One receive buffer for every connection: recv() would allocate (and
         # for large sizes mmap) a fresh buffer per call.
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.stamps = _Timestamps()
-        self.running = True
-        self.stdin_buf = b""
         # connecting
         self.next_connect = 0
         self.in_flight = 0
@@ -373,16 +358,16 @@ class LoadGen:
             self._flush(conn)
         if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
             try:
-                size, ancillary, _, _ = sock.recvmsg_into([self.rbuf], _CMSG_SPACE)
+                size, ancillary, _, _ = sock.recvmsg_into([self.rbuf], CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                self._fail(conn, f"recv: {errno.errorcode.get(error.errno or 0, error.errno)}")
+                self._fail(conn, f"recv: {error_name(error)}")
                 return
             if not size:
                 self._fail(conn, "eof")
                 return
-            arrived = _arrival(ancillary)
+            arrived = arrival(ancillary)
             if conn.state == Conn.OPEN and not conn.buf:
                 # The usual case: frames straight from the shared buffer, no copy.
                 used = self._on_frames(conn, self.rbuf, size, arrived)
@@ -506,55 +491,7 @@ class LoadGen:
                     self.changes_in_window += 1
 
     def _send(self, conn: Conn, data: bytes, *, framed: bool = True) -> None:
-        if conn.sock is None:
-            return
-        if framed:
-            data = wire.client_frame(data)
-        if conn.out:
-            conn.out += data
-            return
-        try:
-            sent = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._fail(conn, f"send: {errno.errorcode.get(error.errno or 0, error.errno)}")
-            return
-        if sent < len(data):
-            conn.out = data[sent:]
-            self.epoll.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
-
-    def _flush(self, conn: Conn) -> None:
-        assert conn.sock is not None
-        try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            self._fail(conn, f"send: {errno.errorcode.get(error.errno or 0, error.errno)}")
-            return
-        conn.out = conn.out[sent:]
-        if not conn.out:
-            self.epoll.modify(conn.sock.fileno(), select.EPOLLIN)
-
-    # --- control ---------------------------------------------------------------------
-
-    def _read_commands(self, fd: int) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.running = False  # the orchestrator went away
-            return
-        self.stdin_buf += chunk
-        self._run_commands()
-
-    def _run_commands(self) -> None:
-        *lines, self.stdin_buf = self.stdin_buf.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._command(orjson.loads(line))
+        self._write(conn, wire.client_frame(data) if framed else data)
 
     def _command(self, command: dict[str, Any]) -> None:
         if command["cmd"] == "start":
@@ -607,25 +544,9 @@ class LoadGen:
                 self._send(conn, wire.close_frame(1000), framed=False)
             self._drop(conn)
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        sys.stdout.buffer.write(orjson.dumps({"ev": event, **fields}) + b"\n")
-        sys.stdout.buffer.flush()
-
 
 def main() -> None:
-    # The spec is read unbuffered: commands that follow it must stay in the pipe
-    # for the event loop, not in a file object's buffer.
-    fd = sys.stdin.buffer.fileno()
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return
-        data += chunk
-    line, rest = data.split(b"\n", 1)
-    gen = LoadGen(orjson.loads(line))
-    gen.stdin_buf = rest
-    gen.run()
+    epoll_loop.main(LoadGen)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import wire
+from bench import epoll_loop, wire
+from bench.epoll_loop import (
+    CMSG_SPACE,
+    PROGRESS_EVERY,
+    RECV_SIZE,
+    SO_TIMESTAMPNS,
+    GeneratorLoop,
+    arrival,
+    error_name,
+)
 
-PROGRESS_EVERY = 0.5
-RECV_SIZE = 262144
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_CMSG_SPACE = socket.CMSG_SPACE(16)
 # A client whose connection broke after it had been ready retries after this.
 RETRY_DELAY = 0.1
 # A call not answered in this long is given up (and its connection replaced).
@@ -95,15 +100,6 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
 _SETTINGS_ENABLE_PUSH, _SETTINGS_INITIAL_WINDOW = 0x2, 0x4
 _MAX_WINDOW = (1 << 31) - 1
 _H2_HEAD = struct.Struct("!HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive timestamp of a read (see bench.loadgen); now without one."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            seconds, nanoseconds = struct.unpack_from("qq", data)
-            return float(seconds + nanoseconds / 1e9)
-    return time.time()
 
 
 def _varint(value: int) -> bytes:
@@ -287,10 +283,11 @@ class Client:
         self.held = b""  # a gRPC message waiting for the server's flow-control window
 
 
-class QueryLoad:
+class QueryLoad(GeneratorLoop):
     """The event loop of one query generator process; see the module docstring."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
         self.host: str = spec["host"]
         self.port: int = spec["port"]
         self.transport: str = spec["transport"]
@@ -306,12 +303,9 @@ class QueryLoad:
         self.clients = [
             Client(i, name, (i * 37) % self.pool_size) for i, name in enumerate(spec["clients"])
         ]
-        self.epoll = select.epoll()
         self.by_fd: dict[int, Client] = {}
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
-        self.running = True
-        self.stdin_buf = b""
         self.retries: list[tuple[float, int]] = []
         self.next_progress = 0.0
         # connecting
@@ -583,16 +577,16 @@ class QueryLoad:
         if not mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
             return
         try:
-            size, ancillary, _, _ = sock.recvmsg_into([self.rbuf], _CMSG_SPACE)
+            size, ancillary, _, _ = sock.recvmsg_into([self.rbuf], CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            self._fail(client, f"recv: {errno.errorcode.get(error.errno or 0, error.errno)}")
+            self._fail(client, f"recv: {error_name(error)}")
             return
         if not size:
             self._fail(client, "eof")
             return
-        arrived = _arrival(ancillary)
+        arrived = arrival(ancillary)
         client.buf += self.rview[:size]
         if self.transport == "ws":
             self._on_ws(client, arrived)
@@ -769,54 +763,8 @@ class QueryLoad:
             self._grpc_call(client, message)
 
     def _send(self, client: Client, data: bytes) -> None:
-        if client.sock is None:
-            return
         client.last_send = time.time()
-        if client.out:
-            client.out += data
-            return
-        try:
-            sent = client.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._fail(client, f"send: {errno.errorcode.get(error.errno or 0, error.errno)}")
-            return
-        if sent < len(data):
-            client.out = data[sent:]
-            self.epoll.modify(client.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
-
-    def _flush(self, client: Client) -> None:
-        assert client.sock is not None
-        try:
-            sent = client.sock.send(client.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            self._fail(client, f"send: {errno.errorcode.get(error.errno or 0, error.errno)}")
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self.epoll.modify(client.sock.fileno(), select.EPOLLIN)
-
-    # --- control ---------------------------------------------------------------------
-
-    def _read_commands(self, fd: int) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.running = False  # the orchestrator went away
-            return
-        self.stdin_buf += chunk
-        self._run_commands()
-
-    def _run_commands(self) -> None:
-        *lines, self.stdin_buf = self.stdin_buf.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._command(orjson.loads(line))
+        self._write(client, data)
 
     def _command(self, command: dict[str, Any]) -> None:
         if command["cmd"] == "start":
@@ -858,24 +806,9 @@ class QueryLoad:
                 self._send(client, wire.close_frame(1000))
             self._drop(client)
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        sys.stdout.buffer.write(orjson.dumps({"ev": event, **fields}) + b"\n")
-        sys.stdout.buffer.flush()
-
 
 def main() -> None:
-    # Unbuffered, as in bench.loadgen: commands after the spec stay in the pipe.
-    fd = sys.stdin.buffer.fileno()
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return
-        data += chunk
-    line, rest = data.split(b"\n", 1)
-    load = QueryLoad(orjson.loads(line))
-    load.stdin_buf = rest
-    load.run()
+    epoll_loop.main(QueryLoad)
 
 
 if __name__ == "__main__":
