@@ -109,6 +109,15 @@ class GeneratorLoop:
 
     # --- control ----------------------------------------------------------------------
 
+    def _listen_to_commands(self) -> int:
+        """Put stdin on the loop and run the commands that came with the spec;
+        returns its fd (``_read_commands`` it when it is ready)."""
+        stdin = sys.stdin.buffer.fileno()
+        os.set_blocking(stdin, False)
+        self.epoll.register(stdin, select.EPOLLIN)
+        self._run_commands()
+        return stdin
+
     def _read_commands(self, fd: int) -> None:
         try:
             chunk = os.read(fd, 65536)

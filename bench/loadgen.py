@@ -33,7 +33,6 @@ import calendar
 import contextlib
 import errno
 import heapq
-import os
 import random
 import select
 import socket
@@ -192,10 +191,7 @@ class LoadGen(GeneratorLoop):
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        stdin = sys.stdin.buffer.fileno()
-        os.set_blocking(stdin, False)
-        self.epoll.register(stdin, select.EPOLLIN)
-        self._run_commands()
+        stdin = self._listen_to_commands()
         by_fd = self.by_fd
         while self.running:
             now = time.time()

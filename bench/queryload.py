@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import os
 import random
 import select
 import socket
@@ -354,10 +353,7 @@ class QueryLoad(GeneratorLoop):
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        stdin = sys.stdin.buffer.fileno()
-        os.set_blocking(stdin, False)
-        self.epoll.register(stdin, select.EPOLLIN)
-        self._run_commands()
+        stdin = self._listen_to_commands()
         for client in self.clients:
             self._connect(client)
         by_fd = self.by_fd
