@@ -42,12 +42,14 @@ export class PresenceSession extends EventTarget {
     this.heartbeatTimeoutMs = 30_000;
     this.clockOffsetMs = 0; // server clock minus ours, from message timestamps
     this.stopped = false;
+    this.leaving = false; // a logout was sent: nothing more goes out
     // Coming back online should not wait out a long backoff.
     window.addEventListener("online", () => this.retryNow());
   }
 
   connect() {
     this.stopped = false;
+    this.leaving = false;
     clearTimeout(this.retryTimer);
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     const url = new URL("/ws", location.href);
@@ -118,7 +120,7 @@ export class PresenceSession extends EventTarget {
 
   /** Send a request and wait for its reply (rejects on `error` or timeout). */
   request(message) {
-    if (this.state !== "live") {
+    if (!this.writable()) {
       return Promise.reject(new RequestError("NOT_CONNECTED", "not connected"));
     }
     const requestId = `r${this.nextId++}`;
@@ -134,13 +136,28 @@ export class PresenceSession extends EventTarget {
 
   /** Send a message that has no reply (activity), if connected. */
   send(message) {
-    if (this.state === "live") this.socket.send(JSON.stringify(message));
+    if (this.writable()) this.socket.send(JSON.stringify(message));
+  }
+
+  /**
+   * Whether a message may go out now: live, not logging out, and the socket
+   * itself open (it is already closing for a while before `close` fires).
+   */
+  writable() {
+    return (
+      this.state === "live" &&
+      !this.leaving &&
+      this.socket !== null &&
+      this.socket.readyState === WebSocket.OPEN
+    );
   }
 
   /** Log out: the server ends the session at once (no grace period). */
   logout() {
-    if (this.state === "live") {
+    if (this.writable()) {
       this.send({ type: "logout" });
+      this.leaving = true; // nothing more goes out; the server closes the socket
+      this.stopHeartbeat();
     } else {
       this.stop();
     }
