@@ -290,6 +290,26 @@ class Push:
     wire: bytes | None = None
 
 
+@define(eq=False)
+class PushBatch:
+    """The pushes one fan-out tick has for a watcher, in order: one write, not one each.
+
+    Watchers that are owed the same pushes share one batch, so ``wire`` (a
+    transport's encoding of all of them together, e.g. the concatenated
+    WebSocket frames) is built by the first session that sends it and reused
+    by every other, like :attr:`Push.wire`. ``size`` is the JSON bytes of the
+    pushes, what byte-bounded outboxes count.
+    """
+
+    pushes: tuple[Push, ...]
+    size: int
+    wire: bytes | None = None
+
+    @classmethod
+    def of(cls, pushes: tuple[Push, ...]) -> PushBatch:
+        return cls(pushes, sum(len(push.payload) for push in pushes))
+
+
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome,
     PresenceState,

@@ -17,9 +17,9 @@ import trio
 from attrs import define, field
 
 from ..model import DeviceType, Status
-from ..protocol import Push, ServerMessage
+from ..protocol import Push, PushBatch, ServerMessage
 
-Outgoing = ServerMessage | Push
+Outgoing = ServerMessage | Push | PushBatch
 
 # WebSocket close codes the engine asks for (PROTOCOL.md section 2).
 CLOSE_NORMAL = 1000

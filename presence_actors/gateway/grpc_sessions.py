@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -36,6 +37,7 @@ from ..protocol import (
     PresenceState,
     ProtocolError,
     Push,
+    PushBatch,
     ServerMessage,
     SetStatus,
     StatusUpdated,
@@ -245,6 +247,7 @@ class Watcher:
         self._engine = engine
         self._outbox = outbox
         self.handle = handle
+        self._batched: deque[Push] = deque()  # the rest of a PushBatch being handed out
 
     async def subscribe(self, user_ids: tuple[str, ...]) -> PresenceState:
         """Subscribe; the reply holds each user's current state, pushes follow it.
@@ -265,12 +268,16 @@ class Watcher:
         delivered (``handle.close_code`` says why: 1013 fell behind, 1001 shutdown).
         """
         while True:
+            if self._batched:
+                return self._batched.popleft()
             try:
                 item = await self._outbox.receive.receive()
             except trio.EndOfChannel:
                 return None
             if isinstance(item, Push):
                 return item
+            if isinstance(item, PushBatch):
+                self._batched.extend(item.pushes)
 
 
 @asynccontextmanager

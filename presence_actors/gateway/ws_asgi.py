@@ -13,7 +13,7 @@ from .. import codec
 from ..actors import MemoryOutbox
 from ..actors.session import CLOSE_TRY_AGAIN_LATER, Outgoing
 from ..metrics import Metrics
-from ..protocol import Push
+from ..protocol import Push, PushBatch
 from .asgi import Receive, Send
 from .wsconn import TOO_LARGE, Incoming, count_out
 
@@ -64,6 +64,10 @@ class AsgiConnection:
             await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     async def _write(self, item: Outgoing) -> None:
+        if isinstance(item, PushBatch):
+            for push in item.pushes:
+                await self._write(push)
+            return
         text = item.frame if isinstance(item, Push) else codec.encode(item)
         count_out(self._metrics, item)
         # Shielded: a send cancelled half-way loses the frame inside hypercorn

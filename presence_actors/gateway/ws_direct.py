@@ -19,7 +19,7 @@ import trio
 from .. import codec
 from ..actors.session import CLOSE_TRY_AGAIN_LATER, Outgoing
 from ..metrics import Metrics
-from ..protocol import Push
+from ..protocol import Push, PushBatch
 from .frames import OP_PONG, FrameReader, Kind, close_frame, frame
 from .wsconn import TOO_LARGE, Incoming, count_out
 
@@ -61,6 +61,10 @@ class DirectConnection:
             data = item.wire
             if data is None:
                 data = item.wire = frame(item.payload)
+        elif isinstance(item, PushBatch):
+            data = item.wire
+            if data is None:
+                data = item.wire = b"".join(frame(push.payload) for push in item.pushes)
         else:
             data = frame(codec.encode_bytes(item))
         count_out(self._metrics, item)

@@ -9,7 +9,7 @@ import trio
 
 from ..actors.session import Outbox, Outgoing
 from ..metrics import Metrics
-from ..protocol import Error, Push
+from ..protocol import Error, Push, PushBatch
 
 
 class _TooLarge(enum.Enum):
@@ -44,6 +44,9 @@ class Connection(Protocol):
 def count_out(metrics: Metrics, item: Outgoing) -> None:
     if isinstance(item, Push):
         metrics.messages_out["user_status_change"] += 1
+        return
+    if isinstance(item, PushBatch):
+        metrics.messages_out["user_status_change"] += len(item.pushes)
         return
     metrics.messages_out[item.TYPE] += 1
     if isinstance(item, Error):
