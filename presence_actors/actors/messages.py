@@ -109,7 +109,9 @@ class UserPage:
 
 @frozen
 class StatsQuery:
-    pass
+    """Counters; ``visible_online`` is counted for ``watcher`` (``None``: anonymous)."""
+
+    watcher: str | None = None
 
 
 @frozen
@@ -119,6 +121,8 @@ class EngineStats:
     known_users: int
     actors: int
     pushes: int = 0
+    # Online users the query's watcher may see: its get_online_count.
+    visible_online: int = 0
 
 
 @frozen

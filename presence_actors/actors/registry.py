@@ -679,13 +679,14 @@ class Registry:
                     return None
                 case ListQuery():
                     return self.list_users(query)
-                case StatsQuery():
+                case StatsQuery(watcher):
                     return EngineStats(
                         online_users=self.directory.online,
                         sessions=len(self._sessions),
                         known_users=len(self.directory),
                         actors=len(self._actors),
                         pushes=self.stats.pushes,
+                        visible_online=self.online_count(watcher),
                     )
                 case PolicyQuery(user_id):
                     return PolicyView(
