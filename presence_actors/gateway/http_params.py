@@ -17,8 +17,11 @@ from ..protocol import ErrorCode
 from .asgi import Receive
 
 # Query integers: plain ASCII digits (str.isdigit also takes '²' and other scripts'
-# digits), and few enough that int() is cheap; a longer one is out of range anyway.
-_DIGITS = re.compile(r"[0-9]{1,18}")
+# digits, which int() then refuses).
+_DIGITS = re.compile(r"[0-9]+")
+# Digits converted at most: int() of 4,301+ digits raises, and is quadratic below
+# that; a longer number is beyond every range here anyway.
+_MAX_DIGITS = 18
 # unix milliseconds of 9999-12-31T23:59:59.999Z, the last moment ISO-8601 can write.
 _LAST_MOMENT = 253_402_300_799_999
 # An ISO-8601 timestamp with fractions and an offset is under 40 characters.
@@ -92,16 +95,24 @@ def integer_param(
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if _DIGITS.fullmatch(raw) is None or int(raw) < 1:
+    value = _natural(raw)
+    if value is None or value < 1:
         raise HttpError(
             400,
             ErrorCode.INVALID_MESSAGE,
             f"{name} must be an integer from 1 to {most}, got {shown(raw)}",
         )
-    value = int(raw)
     if value > most and over is not None:
         raise HttpError(400, over, f"{name} must be at most {most}, got {shown(raw)}")
     return min(value, most)
+
+
+def _natural(raw: str) -> int | None:
+    """The value of plain ASCII digits (a bound past every range when there are too
+    many to convert cheaply); None for anything else."""
+    if _DIGITS.fullmatch(raw) is None:
+        return None
+    return int(raw) if len(raw) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def moment_param(query: dict[str, str], name: str) -> int | None:
@@ -110,8 +121,9 @@ def moment_param(query: dict[str, str], name: str) -> int | None:
     if not raw:
         return None
     problem = f"{name} must be unix milliseconds or ISO-8601 from 1970 to 9999, got {shown(raw)}"
-    if _DIGITS.fullmatch(raw) is not None:
-        moment = int(raw)
+    natural = _natural(raw)
+    if natural is not None:
+        moment = natural
     elif len(raw) <= _MAX_ISO:
         try:
             moment = parse_timestamp(raw)
@@ -131,6 +143,6 @@ def cursor_param(query: dict[str, str]) -> str | None:
         return None
     if len(raw) > _MAX_CURSOR:
         raise HttpError(
-            400, ErrorCode.INVALID_MESSAGE, f"invalid cursor {shown(raw)}: not one this server made"
+            400, ErrorCode.INVALID_MESSAGE, f"cursor {shown(raw)} is not one this server made"
         )
     return raw
