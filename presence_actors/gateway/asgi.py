@@ -82,14 +82,16 @@ def bounded_receive(receive: Receive, limits: BodyLimits) -> Receive:
                 complete = True
                 return message
             received += len(message.get("body", b""))
-            if received > limits.max_bytes:
-                raise BodyRefused(
-                    413,
-                    ErrorCode.TOO_LARGE,
-                    f"request bodies are limited to {limits.max_bytes} bytes",
-                )
             complete = not message.get("more_body", False)
-            return message
+            if received <= limits.max_bytes:
+                return message
+        if received > limits.max_bytes:
+            if not complete:
+                await _discard_rest(receive, deadline, limits)
+            complete = True
+            raise BodyRefused(
+                413, ErrorCode.TOO_LARGE, f"request bodies are limited to {limits.max_bytes} bytes"
+            )
         waited = "the request body did not arrive in time"
         raise BodyRefused(
             408,
@@ -99,6 +101,26 @@ def bounded_receive(receive: Receive, limits: BodyLimits) -> Receive:
         )
 
     return receive_bounded
+
+
+# A refused body is read on (and dropped) up to this many times the limit, so that a
+# client still sending it reads the 413 rather than a reset; a client sending more
+# than that is not one that will read answers.
+_DISCARD_FACTOR = 4
+
+
+async def _discard_rest(receive: Receive, deadline: float, limits: BodyLimits) -> None:
+    """Read and drop the rest of a refused body: until it ends, the body deadline or
+    an idle pause passes, or :data:`_DISCARD_FACTOR` times the limit was dropped."""
+    budget = _DISCARD_FACTOR * limits.max_bytes
+    while budget > 0:
+        with trio.move_on_at(min(deadline, trio.current_time() + limits.idle_timeout)):
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
+            continue
+        return  # the deadline or a pause: the client is not sending it any more
 
 
 async def respond(
