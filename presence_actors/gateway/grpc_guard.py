@@ -2,22 +2,21 @@
 
 protobuf-py's JSON reader recurses natively: ~15,000 nested arrays (30 KB) in a
 Connect or gRPC-Web JSON body overflow the C stack and kill the process. Every
-JSON message is therefore read by orjson first, which refuses nesting deeper
-than 1024 levels without recursing into it (orjson >= 3.9.15; protobuf-py was
-measured to survive 2,000 levels in every message of this service). Binary
-messages need no gate: protobuf-py stops unknown groups at 100 levels.
+JSON message is therefore measured first (:mod:`.json_depth`, a byte scan, no
+parse) and refused past :data:`MAX_JSON_DEPTH` levels; protobuf-py was measured
+to survive 2,000 levels in every message of this service. Binary messages need
+no gate: protobuf-py stops unknown groups at 100 levels.
 
 Every refusal is a ConnectError whose message starts with the protocol's error
 code, like the service's own (``INVALID_JSON: ...``, ``TOO_LARGE: ...``): the
 body's size and pace (:func:`.asgi.bounded_receive`), the decompressed size,
-and messages that do not parse.
+the depth, and messages that do not parse.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import orjson
 from connectrpc.code import Code
 from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
 from connectrpc.compression import Compression
@@ -26,15 +25,20 @@ from connectrpc.errors import ConnectError
 
 from ..protocol import ErrorCode
 from .asgi import BodyRefused, Message, Receive
+from .json_depth import nests_deeper_than
 
 T = TypeVar("T")
 
+# The service's messages nest two levels (an object holding a list); this leaves room
+# for fields a newer client may send, far below what protobuf-py survives (2,000),
+# and bounds the depth check's passes.
+MAX_JSON_DEPTH = 64
 # The gRPC status of each refusal of a body (the protocol's table in grpc_api).
 _BODY_CODES = {413: Code.RESOURCE_EXHAUSTED, 408: Code.DEADLINE_EXCEEDED}
 
 
 class GuardedJsonCodec:
-    """protobuf JSON, parsed only once orjson accepted the bytes (depth <= 1024)."""
+    """protobuf JSON, parsed only when it nests at most :data:`MAX_JSON_DEPTH` levels."""
 
     def __init__(self) -> None:
         self._inner: Codec[Any, Any] = proto_json_codec()
@@ -46,10 +50,10 @@ class GuardedJsonCodec:
         return self._inner.encode(message)
 
     def decode(self, data: bytes | bytearray, message_class: type[T]) -> T:
-        try:
-            orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise _invalid(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+        if nests_deeper_than(data, MAX_JSON_DEPTH):
+            raise _invalid(
+                ErrorCode.INVALID_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            )
         try:
             return self._inner.decode(data, message_class)  # type: ignore[no-any-return]
         except ConnectError:
