@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import open_websocket_url
 
+from presence_actors.gateway.admission import (
+    ThrottledLog,
+    connection_cap,
+    default_max_connections,
+)
 from presence_actors.gateway.listener import is_direct_upgrade
 from presence_actors.gateway.websocket import WebSocketGateway
 
@@ -105,3 +111,32 @@ async def test_a_failing_connection_never_takes_the_server_down(
         assert reply["count"] == 1
         async with ws_client(server, "carol") as carol:
             assert json.dumps(carol.received[0]).count("carol") == 1
+
+
+# --- admission (issue 11, item 9) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nofile", "cap"), [(1024, 864), (20_000, 19_840), (200, 100), (100, 50), (1, 1)]
+)
+def test_the_default_cap_leaves_descriptors_for_the_rest_of_the_process(
+    nofile: int, cap: int
+) -> None:
+    assert default_max_connections(nofile) == cap
+    assert connection_cap(0, nofile) == cap
+    assert connection_cap(7, nofile) == 7  # a configured cap is kept
+
+
+async def test_a_throttled_warning_comes_once_per_interval_with_a_count(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    warning = ThrottledLog("accepting a connection failed", interval=10.0)
+    for _ in range(25):
+        warning.note("EMFILE")
+        await trio.sleep(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "presence_actors.admission"]
+    assert lines == [
+        "accepting a connection failed: EMFILE (1 time(s) since the last report)",
+        "accepting a connection failed: EMFILE (10 time(s) since the last report)",
+        "accepting a connection failed: EMFILE (10 time(s) since the last report)",
+    ]

@@ -81,6 +81,11 @@ def connection_cap(configured: int, nofile: int | None = None) -> int:
     nofile = descriptor_limit() if nofile is None else nofile
     fitting = default_max_connections(nofile)
     if configured == 0:
+        log.info(
+            "accepting at most %d connections (RLIMIT_NOFILE = %d; server.max_connections)",
+            fitting,
+            nofile,
+        )
         return fitting
     if configured > fitting:
         log.warning(
