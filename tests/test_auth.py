@@ -238,13 +238,13 @@ async def test_an_hs256_token_signed_with_the_public_key_is_unauthorized_everywh
             assert carol.received[0]["userId"] == "carol"
 
 
-def test_a_short_jwt_secret_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+def refused_at_start(tmp_path: Path, **variables: str) -> str:
+    """The one line ``serve`` prints on stderr when it refuses to start (it must)."""
     environment = {
         **child_environment(),
-        "PRESENCE_AUTH_MODE": "jwt",
-        "PRESENCE_AUTH_JWT_SECRET": "abc",
         "PRESENCE_PERSISTENCE_PATH": str(tmp_path / "presence.db"),
         "PRESENCE_LOGGING_FILE": "",
+        **variables,
     }
     result = subprocess.run(
         [sys.executable, "-m", "presence_actors", "serve", "--port", "0"],
@@ -254,12 +254,38 @@ def test_a_short_jwt_secret_is_refused_at_start_in_one_line(tmp_path: Path) -> N
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0] == (
+    return lines[0]
+
+
+def test_a_short_jwt_secret_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    line = refused_at_start(tmp_path, PRESENCE_AUTH_MODE="jwt", PRESENCE_AUTH_JWT_SECRET="abc")
+    assert line == (
         "presence-actors: PRESENCE_AUTH_JWT_SECRET: auth.jwt_secret is 3 bytes long:"
         " expected at least 32 bytes for HS256 (a shorter secret can be guessed offline"
         " from one token)"
+    )
+
+
+def test_a_public_key_no_configured_algorithm_can_use_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    """A public key file with the default algorithms (HS256): every token would be
+    refused; today the server says so at start instead."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    line = refused_at_start(
+        tmp_path, PRESENCE_AUTH_MODE="jwt", PRESENCE_AUTH_JWT_PUBLIC_KEY_FILE=str(public_file)
+    )
+    assert line.startswith(
+        "presence-actors: auth.jwt_algorithms = ['HS256']: none can check tokens with"
+        f" auth.jwt_public_key_file = {str(public_file)!r} (HS256: "
     )

@@ -68,6 +68,30 @@ class Authenticator:
                 raise ConfigError(
                     f"auth.jwt_public_key_file = {settings.jwt_public_key_file!r}: {exc.strerror}"
                 ) from None
+        if self.jwt:
+            self._check_key_fits()
+
+    def _check_key_fits(self) -> None:
+        """ConfigError unless at least one of ``auth.jwt_algorithms`` can check tokens
+        with the configured key (the default HS256 with a public key file, say, would
+        refuse every token)."""
+        reasons = []
+        for name in self.settings.jwt_algorithms:
+            try:
+                jwt.get_algorithm_by_name(name).prepare_key(self._key)
+            except jwt.PyJWTError as exc:
+                reasons.append(f"{name}: {exc}")
+            else:
+                return
+        source = (
+            f"auth.jwt_public_key_file = {self.settings.jwt_public_key_file!r}"
+            if self.settings.jwt_public_key_file
+            else "auth.jwt_secret"
+        )
+        raise ConfigError(
+            f"auth.jwt_algorithms = {list(self.settings.jwt_algorithms)!r}: none can check"
+            f" tokens with {source} ({'; '.join(reasons)})"
+        )
 
     # --- callers -------------------------------------------------------------------
 
