@@ -104,6 +104,7 @@ class Engine:
             return
         self._shutdown_recorded = True
         with trio.move_on_after(self.settings.server.graceful_timeout, shield=True):
+            # submit() is a checkpoint: a long list of users does not hold the loop.
             for intent in self.registry.final_offline(self.clock.now_ms()):
                 await self.writer.submit(intent)
             await self.writer.flush()
