@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bench.scenarios import broadcast, connections, fanout, persistence, query, stall
+from bench.scenarios import broadcast, burst, connections, fanout, persistence, query, stall
 
 SCENARIOS = {
     module.NAME: module
-    for module in (connections, fanout, query, persistence, broadcast, stall)
+    for module in (connections, fanout, query, persistence, broadcast, stall, burst)
 }
 
 __all__ = ["SCENARIOS"]
