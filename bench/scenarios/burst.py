@@ -32,7 +32,8 @@ Figures:
 
 ``--kill-after`` takes a list (``0.25,0.5,1,2``): run k of ``--repeat`` uses
 its k-th delay, cycling, so ``--repeat 4 --kill-after 0.25,0.5,1,2`` shows
-the four delays side by side.
+the four delays side by side. ``--profile FILE`` records the server from the
+burst to the kill.
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ from typing import Any
 
 import trio
 
-from bench.processes import BenchError, open_server_process, open_workers, stop_workers
+from bench.processes import (
+    BenchError,
+    WorkerProcess,
+    open_server_process,
+    open_workers,
+    stop_workers,
+)
 from bench.report import Progress, RunResult
-from bench.scenarios.common import Layout, Snapshot, Window, settle, wait_connected
+from bench.scenarios.common import Layout, Snapshot, Window, open_profiler, settle, wait_connected
 
 NAME = "burst"
 HELP = "U users change status at once, kill -9 after the first ack; acknowledged changes lost"
@@ -143,18 +150,10 @@ async def run(
             before = Snapshot.take(server, ws)
             # Settled: no push for a second, so this count is the setup's, to the push.
             pushes_before = int(worker.progress.get("pushes", 0))
-            await worker.command("burst")
-            progress.status = lambda: (
-                f"burst: {worker.progress.get('acked', 0):,} of {args.users:,} acknowledged,"
-                f" kill {kill_after:g} s after the first"
-            )
-            with trio.move_on_after(ACK_TIMEOUT):
-                while not worker.progress.get("killed_at"):  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            if not worker.progress.get("killed_at"):
-                raise BenchError(f"no acknowledgement within {ACK_TIMEOUT} s of the burst")
-            # The killed server's /proc stays until it is reaped (by the wait below).
-            after = Snapshot.take(server, ws)
+            async with open_profiler(server, args.profile, layout, workdir, native=args.native):
+                await _burst_until_killed(worker, args.users, kill_after, progress)
+                # The killed server's /proc stays until it is reaped (by the wait below).
+                after = Snapshot.take(server, ws)
             with trio.move_on_after(REAP_TIMEOUT):
                 await server.process.wait()
             if server.process.returncode != -signal.SIGKILL:
@@ -166,6 +165,22 @@ async def run(
     rows = await trio.to_thread.run_sync(_read_rows, workdir / "presence.db", users)
     result = _figures(args, kill_after, tag, report, rows, Window.between(before, after), layout)
     return result
+
+
+async def _burst_until_killed(
+    worker: WorkerProcess, users: int, kill_after: float, progress: Progress
+) -> None:
+    """Start the burst; return once the generator has killed the server."""
+    await worker.command("burst")
+    progress.status = lambda: (
+        f"burst: {worker.progress.get('acked', 0):,} of {users:,} acknowledged,"
+        f" kill {kill_after:g} s after the first"
+    )
+    with trio.move_on_after(ACK_TIMEOUT):
+        while not worker.progress.get("killed_at"):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    if not worker.progress.get("killed_at"):
+        raise BenchError(f"no acknowledgement within {ACK_TIMEOUT} s of the burst")
 
 
 def _read_rows(path: Path, users: list[str]) -> dict[str, tuple[str, str | None, bool]]:

@@ -36,7 +36,7 @@ Figures:
   clients gone, their sessions in their grace period) and its exit status.
 
 Aims (issue 11): heartbeat p99 <= 100 ms during the flood, every connection
-welcomed within 10 s.
+welcomed within 10 s. ``--profile FILE`` records the server over the flood phase.
 """
 
 from __future__ import annotations
@@ -57,7 +57,15 @@ from bench.processes import (
     stop_workers,
 )
 from bench.report import Progress, RunResult, percentile
-from bench.scenarios.common import Layout, Snapshot, Window, pushes_received, split, wait_connected
+from bench.scenarios.common import (
+    Layout,
+    Snapshot,
+    Window,
+    open_profiler,
+    pushes_received,
+    split,
+    wait_connected,
+)
 
 NAME = "stall"
 HELP = "a connection flood in everyone mode; a well-behaved client's heartbeat RTT"
@@ -146,7 +154,10 @@ async def run(
             progress.status = lambda: f"baseline: {probe.progress.get('heartbeats_sent', 0)} sent"
             await trio.sleep(BASELINE_SECONDS)
             before = Snapshot.take(server, [probe])
-            async with open_workers(nursery, flood_specs, workdir, core=core) as flood:
+            async with (
+                open_profiler(server, args.profile, layout, workdir, native=args.native),
+                open_workers(nursery, flood_specs, workdir, core=core) as flood,
+            ):
                 workers = [probe, *flood]
                 phase = await _flood_phase(args, workers, flood, progress)
                 after = Snapshot.take(server, workers)
