@@ -21,7 +21,7 @@ are, at the price of a few milliseconds of latency under that load only.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from attrs import define
 
@@ -40,15 +40,23 @@ PACE_ABOVE = 250
 DELIVERY_SECONDS = 4e-6
 PACE_FACTOR = 2.0
 
-# user_id -> its latest change this tick and the session that caused it.
-_Pending = dict[str, tuple[Push, SessionHandle | None]]
-
 
 @define
 class FanoutStatistics:
     pushes: int = 0  # pushes delivered (a batch of n counts n)
     push_drops: int = 0  # pushes refused by a full outbox
     ticks: int = 0
+
+
+@define(eq=False)
+class _Change:
+    """A user's latest change this tick: what others are pushed (None: nothing, for
+    an invisible user's own changes), what its own sessions are pushed (the same
+    object when nothing is hidden), and the session whose request made it."""
+
+    shown: Push | None
+    own: Push | None
+    cause: SessionHandle | None
 
 
 class Fanout:
@@ -63,18 +71,19 @@ class Fanout:
         self._policy = policy
         self._deliver = deliver
         self.stats = stats
-        self._pending: _Pending = {}
+        self._pending: dict[str, _Change] = {}
         self.due_at = -math.inf  # no tick is delivered before this (trio time)
 
     @property
     def waiting(self) -> bool:
         return bool(self._pending)
 
-    def add(self, push: Push, cause: SessionHandle | None) -> None:
+    def add(
+        self, user_id: str, shown: Push | None, own: Push | None, cause: SessionHandle | None
+    ) -> None:
         """A change to push; ``cause`` (the session that made it, if any) got a reply."""
-        user_id = push.view.user_id
         self._pending.pop(user_id, None)  # the latest change of a user goes last
-        self._pending[user_id] = (push, cause)
+        self._pending[user_id] = _Change(shown, own, cause)
 
     def due(self, now: float) -> bool:
         return bool(self._pending) and now >= self.due_at
@@ -90,79 +99,86 @@ class Fanout:
         if deliveries > PACE_ABOVE:
             self.due_at = now + deliveries * DELIVERY_SECONDS * PACE_FACTOR
 
-    async def _to_everyone(self, pending: _Pending, turn: Turn) -> int:
+    def _owed(self, watcher: SessionHandle, user_id: str, change: _Change) -> Push | None:
+        """What ``watcher`` is pushed of ``user_id``'s change, if anything."""
+        if watcher is change.cause:
+            return None
+        if watcher.user_id == user_id:
+            return change.own
+        if change.shown is None:
+            return None
+        if self._policy.is_public(user_id) or self._policy.may_see(watcher.user_id, user_id):
+            return change.shown
+        return None
+
+    async def _to_everyone(self, pending: dict[str, _Change], turn: Turn) -> int:
+        """Most watchers are owed the same pushes: those share one batch. A watcher
+        is looked at alone when it caused a change, is the user who changed, or
+        some change is not for everyone to see."""
         is_public = self._policy.is_public
-        public: list[tuple[Push, SessionHandle | None]] = []
-        restricted: list[tuple[str, Push, SessionHandle | None]] = []
-        causes: set[SessionHandle] = set()
-        for user_id, (push, cause) in pending.items():
-            if is_public(user_id):
-                public.append((push, cause))
-                if cause is not None:
-                    causes.add(cause)
-            else:
-                restricted.append((user_id, push, cause))
-        shared = _item_of(tuple(push for push, _ in public))
-        may_see = self._policy.may_see
+        shared: list[Push] = []
+        alone: set[SessionHandle] = set()
+        everyone_sees_all = True
+        for user_id, change in pending.items():
+            if change.shown is not None and is_public(user_id):
+                shared.append(change.shown)
+            elif change.shown is not None:
+                everyone_sees_all = False
+            if change.cause is not None:
+                alone.add(change.cause)
+            if change.own is not change.shown:
+                alone.update(self._index.sessions_of(user_id))
+        common = _item_of(tuple(shared))
         deliveries = 0
         for watcher in self._index.mode_watchers():
             if watcher.closing or watcher not in self._index:
                 continue
-            if restricted or watcher in causes:
-                me = watcher.user_id
-                owed = [push for push, cause in public if cause is not watcher]
-                owed += [
+            if everyone_sees_all and watcher not in alone:
+                item = common
+                await turn.spend()
+            else:
+                owed = [
                     push
-                    for user_id, push, cause in restricted
-                    if cause is not watcher and may_see(me, user_id)
+                    for user_id, change in pending.items()
+                    if (push := self._owed(watcher, user_id, change)) is not None
                 ]
                 item = _item_of(tuple(owed))
-                await turn.spend(1 + len(restricted) // 16)
-            else:
-                item = shared
-                await turn.spend()
+                await turn.spend(1 + len(pending) // 16)
             if item is not None:
                 deliveries += 1
                 self._give(watcher, item)
         # Sessions that follow only their subscriptions (gRPC streams).
         owed_to: dict[SessionHandle, list[Push]] = {}
-        for user_id, (push, cause) in pending.items():
-            subscribers = self._index.subscribers_of(user_id)
-            if subscribers:
-                self._collect(owed_to, subscribers, user_id, push, cause, only_extra=True)
+        for user_id, change in pending.items():
+            for watcher in self._index.subscribers_of(user_id):
+                if watcher.watches is not Watches.MODE:
+                    self._collect(owed_to, watcher, user_id, change)
         return deliveries + await self._give_each(owed_to, turn)
 
-    async def _to_followers(self, pending: _Pending, turn: Turn) -> int:
+    async def _to_followers(self, pending: dict[str, _Change], turn: Turn) -> int:
         owed_to: dict[SessionHandle, list[Push]] = {}
-        for user_id, (push, cause) in pending.items():
-            looked = self._collect(owed_to, self._index.watchers_of(user_id), user_id, push, cause)
+        for user_id, change in pending.items():
+            looked = 0
+            for watcher in self._index.watchers_of(user_id):
+                looked += 1
+                self._collect(owed_to, watcher, user_id, change)
             await turn.spend(1 + looked // 4)
         return await self._give_each(owed_to, turn)
 
     def _collect(
         self,
         owed_to: dict[SessionHandle, list[Push]],
-        watchers: Iterable[SessionHandle],
+        watcher: SessionHandle,
         user_id: str,
-        push: Push,
-        cause: SessionHandle | None,
-        *,
-        only_extra: bool = False,
-    ) -> int:
-        public = self._policy.is_public(user_id)
-        may_see = self._policy.may_see
-        looked = 0
-        for watcher in watchers:
-            looked += 1
-            if watcher is cause or (only_extra and watcher.watches is Watches.MODE):
-                continue
-            if public or may_see(watcher.user_id, user_id):
-                owed = owed_to.get(watcher)
-                if owed is None:
-                    owed_to[watcher] = [push]
-                else:
-                    owed.append(push)
-        return looked
+        change: _Change,
+    ) -> None:
+        push = self._owed(watcher, user_id, change)
+        if push is not None:
+            owed = owed_to.get(watcher)
+            if owed is None:
+                owed_to[watcher] = [push]
+            else:
+                owed.append(push)
 
     async def _give_each(self, owed_to: dict[SessionHandle, list[Push]], turn: Turn) -> int:
         deliveries = 0

@@ -44,12 +44,14 @@ class Queries:
 
     def view_for(self, watcher: str | None, user_id: str) -> UserView:
         """``user_id`` as ``watcher`` may see it; a hidden user looks like an unknown one."""
+        if watcher == user_id:
+            return self.directory.get(user_id) or unknown_user(user_id)
         if not self.policy.may_see(watcher, user_id):
             return unknown_user(user_id)
-        view = self.directory.get(user_id)
+        view = self.directory.public(user_id)
         if view is None:
             return unknown_user(user_id)
-        if watcher != user_id and any(d.status is Status.OFFLINE for d in view.devices):
+        if any(d.status is Status.OFFLINE for d in view.devices):
             # Invisible devices are the user's own business.
             devices = tuple(d for d in view.devices if d.status is not Status.OFFLINE)
             return UserView(

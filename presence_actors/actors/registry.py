@@ -245,10 +245,13 @@ class Registry:
 
     async def _handle(self, message: RegistryMessage) -> None:
         match message:
-            case Publish(view, push, cause):
-                self.directory.put(view)
-                if push:
-                    self._fanout.add(make_push(view, self.rules.clock.now_ms()), cause)
+            case Publish(view, public, push_own, push_public, cause):
+                self.directory.put(view, public)
+                if push_own or push_public:
+                    stamp = self.rules.clock.now_ms()
+                    shown = make_push(public, stamp) if push_public else None
+                    own = shown if public is view else make_push(view, stamp) if push_own else None
+                    self._fanout.add(view.user_id, shown, own, cause)
             case Request(session, body):
                 await self._on_request(message, session, body)
             case Attach(session):
@@ -288,12 +291,13 @@ class Registry:
     def _spawn(self, user_id: str) -> _ActorRef:
         assert self._nursery is not None, "the registry is not running"
         view = self.directory.get(user_id) or unknown_user(user_id)
+        public = self.directory.public(user_id)
         # Unbounded: what comes through the registry passed its bounded intake, and
         # what a session tells its actor directly (Told) is bounded by the
         # session's rate limit.
         send, receive = trio.open_memory_channel[ActorMessage](math.inf)
         actor = UserActor(
-            UserState.from_view(view),
+            UserState.from_view(view, public),
             receive,
             self.rules,
             self,

@@ -36,6 +36,7 @@ from ..model import (
     format_timestamp,
     is_valid_user_id,
     parse_timestamp,
+    public_reason,
 )
 from ..persistence.store import EventRecord, open_reader
 from ..persistence.writer import WriterNotRunning
@@ -201,7 +202,8 @@ class HttpApi:
 
     async def _history(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
         user_id = _user_id(params["user_id"])
-        await self._known(self.caller(scope).user_id, user_id)
+        caller = self.caller(scope).user_id
+        await self._known(caller, user_id)
         query = query_of(scope)
         since = _moment(query, "since", None) or 0
         until = _moment(query, "until", None)
@@ -225,7 +227,7 @@ class HttpApi:
                 {
                     "status": e.status.value,
                     "at": format_timestamp(e.at),
-                    "reason": e.reason,
+                    "reason": e.reason if caller == user_id else public_reason(e.reason),
                     "deviceId": e.device_id,
                 }
                 for e in events
