@@ -134,7 +134,7 @@ class PersistenceActor:
     def problem(self) -> str | None:
         """Why the store is not writable now, in a few words; None while it is."""
         if not self._running:
-            return "the persistence writer has stopped" if self._stopped else "not started"
+            return "the persistence writer has stopped" if self._stopped else "the persistence writer has not started"
         return self._last_error if self._failing else None
 
     def statistics(self) -> WriterStatistics:
@@ -166,7 +166,7 @@ class PersistenceActor:
             logger.warning(
                 "the store is behind (%s): %d events and policy changes held, %d bytes;"
                 " further presence events are dropped (and counted) until it catches up",
-                self._last_error or "commits are slow",
+                self._last_error or "commits are behind",
                 backlog.items,
                 backlog.bytes,
             )
