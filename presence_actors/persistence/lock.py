@@ -74,6 +74,11 @@ class DatabaseLock:
         if fd is not None:
             os.close(fd)  # closing the only descriptor releases the flock
 
+    def __del__(self) -> None:
+        # Like a file object: a lock nobody can release any more is released, so a
+        # Store dropped without close() (or its connection closed alone) frees the database.
+        self.release()
+
     def __enter__(self) -> Self:
         return self
 

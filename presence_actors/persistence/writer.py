@@ -134,7 +134,7 @@ class PersistenceActor:
     def problem(self) -> str | None:
         """Why the store is not writable now, in a few words; None while it is."""
         if not self._running:
-            return "the persistence writer has stopped" if self._stopped else "the persistence writer has not started"
+            return f"the persistence writer {'has stopped' if self._stopped else 'is not started'}"
         return self._last_error if self._failing else None
 
     def statistics(self) -> WriterStatistics:
