@@ -337,7 +337,8 @@ async def test_a_failing_store_never_blocks_a_submitter_and_memory_stays_bounded
         other.close()  # releases the lock: everything held is committed, in order
         with trio.fail_after(10):
             await writer.flush()
-        assert (writer.writable, writer.statistics().pending_intents) == (True, 0)
+        stats = writer.statistics()
+        assert (writer.writable, stats.pending_intents, stats.held_bytes) == (True, 0, 0)
         assert writer.free_slots() == 100
     assert stored_events(reader) == events[:100]
     assert {u.user_id: u.status_message for u in reader.load_users()} == dict.fromkeys(users, "m19")

@@ -178,7 +178,7 @@ async def open_engine(
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
-            if recovery is not None:
+            if recovery is not None and recovery[1]:
                 # First in the writer, before anything the new run writes.
                 error, intents = recovery
                 for intent in intents:

@@ -110,7 +110,8 @@ class Backlog:
     """The in-flight and pending batches under one bound; see the module docstring.
 
     Ordering: :meth:`take` hands out batches in the order their intents came, and
-    within a batch events and policy changes keep their order.
+    within a batch events and policy changes keep their order. The totals over
+    both batches are kept as running counts: :meth:`add` is on every actor's path.
     """
 
     def __init__(self, *, max_items: int, max_bytes: int, flush_interval: float) -> None:
@@ -119,26 +120,19 @@ class Backlog:
         self._flush_interval = flush_interval
         self.pending = Held()
         self.in_flight: Held | None = None
+        self.items = 0
+        """Held events and policy changes: what ``max_items`` bounds."""
+        self.bytes = 0
+        """Estimated bytes of everything held: what ``max_bytes`` bounds."""
         # Events dropped since the store last caught up, and ever.
         self.dropped = 0
         self.dropped_total = 0
 
-    def _held(self) -> tuple[Held, ...]:
-        return (self.pending,) if self.in_flight is None else (self.in_flight, self.pending)
-
-    @property
-    def items(self) -> int:
-        """Held events and policy changes: what ``max_items`` bounds."""
-        return sum(h.events + h.policy for h in self._held())
-
-    @property
-    def bytes(self) -> int:
-        return sum(h.bytes for h in self._held())
-
     @property
     def intents(self) -> int:
         """Accepted and not yet committed (coalesced rows count once per submission)."""
-        return sum(h.batch.intents for h in self._held())
+        in_flight = 0 if self.in_flight is None else self.in_flight.batch.intents
+        return in_flight + self.pending.batch.intents
 
     def free_slots(self) -> int:
         """How many policy changes fit now."""
@@ -153,34 +147,36 @@ class Backlog:
         it would take the held bytes past ``max_bytes``.
         """
         pending = self.pending
-        if isinstance(intent, PresenceEvent):
-            cost = _EVENT_BYTES + _text(intent.user_id, intent.reason, intent.device_id)
-            if self.items >= self.max_items or self.bytes + cost > self.max_bytes:
-                self.dropped += 1
-                self.dropped_total += 1
-                return False
-        elif isinstance(intent, PresenceRow | VisibilityRow):
-            before = pending.batch.users.get(intent.user_id)
+        if isinstance(intent, PresenceRow | VisibilityRow):
+            users = pending.batch.users
+            before = users.get(intent.user_id)
             pending.batch.add(intent)
-            after = pending.batch.users[intent.user_id]
-            pending.bytes += _row_bytes(after) - (0 if before is None else _row_bytes(before))
-            pending.policy += isinstance(intent, VisibilityRow)
-            self._started(now)
-            return True
+            cost = _row_bytes(users[intent.user_id]) - (0 if before is None else _row_bytes(before))
+            if isinstance(intent, VisibilityRow):
+                pending.policy += 1
+                self.items += 1
         else:
-            cost = _policy_bytes(intent)
-            pending.policy += 1
-        pending.batch.add(intent)
+            if isinstance(intent, PresenceEvent):
+                device = intent.device_id
+                cost = _EVENT_BYTES + len(intent.user_id) + len(intent.reason)
+                cost += len(device) if device else 0
+                if self.items >= self.max_items or self.bytes + cost > self.max_bytes:
+                    self.dropped += 1
+                    self.dropped_total += 1
+                    return False
+            else:
+                cost = _policy_bytes(intent)
+                pending.policy += 1
+            pending.batch.add(intent)
+            self.items += 1
         pending.bytes += cost
-        self._started(now)
+        self.bytes += cost
+        if pending.due_at == math.inf:
+            pending.due_at = now + self._flush_interval
         return True
 
     def add_flush(self, flush: Flush) -> None:
         self.pending.flushes.append(flush)
-
-    def _started(self, now: float) -> None:
-        if self.pending.due_at == math.inf:
-            self.pending.due_at = now + self._flush_interval
 
     def take(self) -> Held:
         """Hand the pending batch over for committing; a new one starts empty."""
@@ -188,14 +184,18 @@ class Backlog:
         self.in_flight, self.pending = self.pending, Held()
         return self.in_flight
 
-    def committed(self) -> None:
-        """The batch in flight is durable."""
-        assert self.in_flight is not None
-        self.in_flight = None
+    def settle(self, held: Held) -> None:
+        """``held`` (in flight, or pending at the stop) is durable: it holds nothing now."""
+        self.items -= held.events + held.policy
+        self.bytes -= held.bytes
+        held.batch, held.bytes, held.policy = Batch(), 0, 0
+        if held is self.in_flight:
+            self.in_flight = None
 
     def loss(self) -> Loss:
         """What is held (and was dropped since the store last caught up), as a loss."""
-        return loss_of(self._held(), self.dropped)
+        held = (self.pending,) if self.in_flight is None else (self.in_flight, self.pending)
+        return loss_of(held, self.dropped)
 
 
 def loss_of(held: Iterable[Held], dropped: int) -> Loss:
@@ -210,14 +210,14 @@ def loss_of(held: Iterable[Held], dropped: int) -> Loss:
     )
 
 
-def _text(*texts: str | None) -> int:
-    return sum(len(t) for t in texts if t)
-
-
 def _row_bytes(write: UserWrite) -> int:
+    cost = _ROW_BYTES + len(write.user_id)
     row = write.presence
-    strings = 0 if row is None else _text(row.username, row.status_message)
-    return _ROW_BYTES + len(write.user_id) + strings
+    if row is not None:
+        cost += (len(row.username) if row.username else 0) + (
+            len(row.status_message) if row.status_message else 0
+        )
+    return cost
 
 
 def _policy_bytes(intent: Intent) -> int:

@@ -24,7 +24,7 @@ from attrs import frozen
 
 from ..config import PersistenceSettings
 from .backlog import Backlog, Flush, Held, Loss, loss_of
-from .batch import Batch, BatchResult
+from .batch import BatchResult
 from .intents import Intent
 from .store import Store
 
@@ -257,7 +257,6 @@ class PersistenceActor:
                     await self._due.wait()
                 continue
             await self._make_durable(self._backlog.take())
-            self._backlog.committed()
             await self._checkpoint_if_due()
 
     async def _make_durable(self, held: Held) -> None:
@@ -289,10 +288,9 @@ class PersistenceActor:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
             seconds = time.perf_counter() - started
-            # Mark it committed before any checkpoint, so a cancellation arriving
-            # now cannot make the final flush write it a second time.
-            held.batch = Batch()
-            held.bytes = held.policy = 0
+            # Settle it before any checkpoint, so a cancellation arriving now
+            # cannot make the final flush write it a second time.
+            self._backlog.settle(held)
             if failures:
                 logger.info("commit succeeded after %d failed attempts", failures)
             self._caught_up()
@@ -301,6 +299,7 @@ class PersistenceActor:
             self._last_commit_seconds = seconds
             if self._on_commit is not None:
                 self._on_commit(result, seconds)
+        self._backlog.settle(held)  # also a batch of flushes only
         held.finish(committed=True)
 
     def _caught_up(self) -> None:
