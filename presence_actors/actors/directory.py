@@ -87,3 +87,29 @@ class Directory:
         else:
             return found, None
         return found, encode_cursor(sort_key(found[-1]))
+
+    def scan(
+        self,
+        accept: Callable[[UserView], bool],
+        limit: int,
+        after: SortKey | None,
+        most: int,
+    ) -> tuple[list[UserView], SortKey | None]:
+        """Like :meth:`page`, looking at no more than ``most`` views: a piece of a long
+        walk. Returns the accepted views and where the walk stopped (None at the end)."""
+        found: list[UserView] = []
+        iterator = (
+            self._order.irange_key(min_key=after, inclusive=(False, True))
+            if after is not None
+            else iter(self._order)
+        )
+        last: SortKey | None = None
+        for looked, view in enumerate(iterator, 1):
+            last = sort_key(view)
+            if accept(view):
+                found.append(view)
+                if len(found) == limit:
+                    return found, last
+            if looked == most:
+                return found, last
+        return found, None

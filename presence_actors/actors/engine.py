@@ -109,6 +109,7 @@ class Engine:
         # One budget for the whole stop: the writer's own final flush ends then too.
         self.writer.stop_at(deadline)
         with trio.CancelScope(deadline=deadline, shield=True):
+            # submit() is a checkpoint: a long list of users does not hold the loop.
             for intent in self.registry.final_offline(self.clock.now_ms()):
                 await self.writer.submit(intent)
             await self.writer.flush()
