@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,17 @@ def test_wal_normal_sync_and_busy_timeout(path: Path) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
         assert conn.execute("PRAGMA busy_timeout").fetchone() == (250,)
         assert path.parent.is_dir()
+
+
+def test_a_second_store_on_one_database_is_refused_until_the_first_closes(path: Path) -> None:
+    holder = Store.open(path)
+    who = rf"\(pid {os.getpid()}, holding {re.escape(str(path))}\.lock\)"
+    with pytest.raises(
+        Exception, match=rf"^the database {re.escape(str(path))} is in use by another process {who}"
+    ):
+        Store.open(path)
+    holder.close()
+    Store.open(path).close()  # closing released the lock
 
 
 def test_commit_coalesces_rows_and_keeps_untouched_columns(store: Store) -> None:
