@@ -14,6 +14,11 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed
 
+from presence_actors.actors import ViewsQuery
+from presence_actors.model import Status
+from presence_actors.protocol import Identified, Identify, SetStatus, StatusUpdated
+
+from .engine_harness import connect, make_settings, running_engine
 from .server_harness import RawClient, running_server, ws_client
 from .test_http_api import http
 
@@ -146,3 +151,31 @@ async def test_the_user_itself_and_the_audit_log_keep_the_true_reasons(tmp_path:
         reasons = [e["reason"] for e in events if e["userId"] == "ghost"]
         assert "invisible" in reasons
         assert "visible" in reasons
+
+
+async def test_what_an_invisible_user_changed_stays_hidden_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    async with running_engine(settings) as engine:
+        ghost = await connect(engine, "ghost")
+        await ghost.send(SetStatus(status=Status.BUSY, status_message="at lunch"))
+        await ghost.expect(StatusUpdated)
+        await ghost.send(SetStatus(status=Status.OFFLINE, status_message="hiding"))
+        await ghost.expect(StatusUpdated)
+        await ghost.send(Identify(username="Someone Else"))
+        await ghost.expect(Identified)
+    async with running_engine(settings) as engine:
+        [seen] = await engine.ask(ViewsQuery("watcher", ("ghost",)))
+        assert (seen.status, seen.username, seen.status_message) == (
+            Status.OFFLINE,
+            None,
+            "at lunch",
+        )
+        ghost = await connect(engine, "ghost")  # back, visible: what it set is shown
+        [seen] = await engine.ask(ViewsQuery("watcher", ("ghost",)))
+        assert (seen.status, seen.username, seen.status_message) == (
+            Status.ONLINE,
+            "Someone Else",
+            "hiding",
+        )

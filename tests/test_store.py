@@ -67,6 +67,9 @@ def test_migrations_create_the_schema_and_are_idempotent(path: Path) -> None:
             "last_status",
             "last_seen",
             "updated_at",
+            "shown_differs",
+            "shown_username",
+            "shown_status_message",
         ]
         # NULL visibility: never chosen, so the configured default applies.
         assert not users["visibility"].notnull
@@ -77,7 +80,7 @@ def test_migrations_create_the_schema_and_are_idempotent(path: Path) -> None:
         event_indexes = {tuple(i.columns) for i in db.table("presence_events").indexes}
         assert {("user_id", "at"), ("at",)} <= event_indexes
         assert "AUTOINCREMENT" in db.table("presence_events").schema
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
         assert schema.migrate(db) == []
 
 
@@ -88,13 +91,13 @@ def test_a_failing_migration_step_is_rolled_back(
 
     def broken(db: Database) -> None:
         db.table("half_done").create({"x": int})
-        raise RuntimeError("step 2 fails")
+        raise RuntimeError("step 3 fails")
 
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
-    with pytest.raises(RuntimeError, match="step 2 fails"):
+    with pytest.raises(RuntimeError, match="step 3 fails"):
         Store.open(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert "half_done" not in tables
 

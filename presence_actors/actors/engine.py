@@ -153,10 +153,16 @@ async def open_engine(
         contacts = await trio.to_thread.run_sync(store.load_contacts)
         blocks = await trio.to_thread.run_sync(store.load_blocks)
         recovery = await _recover(store, users, clock.now_ms())
-        directory = Directory(
-            UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
-            for u in users
-        )
+        directory = Directory()
+        for u in users:
+            view = UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
+            # What others see of a user who changed its profile while invisible.
+            shown = (
+                None
+                if u.shown is None
+                else UserView(u.user_id, Status.OFFLINE, *u.shown, u.last_seen)
+            )
+            directory.put(view, shown)
         policy = Policy(
             default_visibility=settings.presence.default_visibility,
             visibility={u.user_id: u.visibility for u in users if u.visibility is not None},

@@ -125,7 +125,10 @@ class PolicyChanges:
         """
         intents = list(intents)
         if self._writer.free_slots() < len(intents):
-            raise ProtocolError(ErrorCode.STORE_ERROR, "the store is busy; try again shortly")
+            problem = self._writer.problem or "it is busy"
+            raise ProtocolError(
+                ErrorCode.STORE_ERROR, f"the change cannot be stored now ({problem}); try again"
+            )
         for intent in intents:
             self._writer.submit_nowait(intent)
         before = [await self._sight(target, users, turn) for target, users in affected]

@@ -572,6 +572,7 @@ def _finish(
     changed = view != before
     if changed:
         if before is None or _row_of(before) != _row_of(view):
+            face = (public.username, public.status_message)
             row = PresenceRow(
                 user_id=view.user_id,
                 status=view.status,
@@ -579,6 +580,7 @@ def _finish(
                 status_message=view.status_message,
                 last_seen=view.last_seen,
                 updated_at=stamp,
+                shown=None if face == (view.username, view.status_message) else face,
             )
             effects.append(Persist(row))
         if before is None or before.status is not view.status:

@@ -30,6 +30,8 @@ class StoredUser:
     visibility: Visibility | None  # None: never chosen, the server default applies
     last_status: Status
     last_seen: int | None
+    # What others see instead of username and status_message, if it differs.
+    shown: tuple[str | None, str | None] | None = None
 
 
 @frozen
@@ -65,19 +67,21 @@ class Queries:
     def load_users(self) -> list[StoredUser]:
         """Every stored user, ordered by ``user_id``."""
         rows = self.db.execute(
-            "SELECT user_id, username, status_message, visibility, last_status, last_seen"
+            "SELECT user_id, username, status_message, visibility, last_status, last_seen,"
+            " shown_differs, shown_username, shown_status_message"
             " FROM users ORDER BY user_id"
         )
         return [
             StoredUser(
-                user_id=user_id,
-                username=username,
-                status_message=status_message,
-                visibility=None if visibility is None else Visibility(visibility),
-                last_status=Status(last_status),
-                last_seen=last_seen,
+                user_id=row[0],
+                username=row[1],
+                status_message=row[2],
+                visibility=None if row[3] is None else Visibility(row[3]),
+                last_status=Status(row[4]),
+                last_seen=row[5],
+                shown=(row[7], row[8]) if row[6] else None,
             )
-            for user_id, username, status_message, visibility, last_status, last_seen in rows
+            for row in rows
         ]
 
     def load_contacts(self) -> dict[str, set[str]]:

@@ -252,6 +252,9 @@ def _user_columns(write: UserWrite) -> tuple[tuple[str, ...], tuple[object, ...]
         row = write.presence
         columns += ["username", "status_message", "last_status", "last_seen"]
         values += [row.username, row.status_message, row.status.value, row.last_seen]
+        shown_username, shown_message = row.shown or (None, None)
+        columns += ["shown_differs", "shown_username", "shown_status_message"]
+        values += [int(row.shown is not None), shown_username, shown_message]
     if write.visibility is not None:
         columns.append("visibility")
         values.append(write.visibility.value)
