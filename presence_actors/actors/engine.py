@@ -28,7 +28,8 @@ from .clock import WallClock
 from .directory import Directory
 from .messages import AdminCommand, Attach, Detach, Query, Request, Told
 from .policy import Policy
-from .registry import USER_REQUESTS, Registry
+from .registry import Registry
+from .requests import USER_REQUESTS
 from .session import SessionHandle
 from .user_state import Rules
 

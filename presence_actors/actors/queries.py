@@ -9,13 +9,15 @@ no answer holds the event loop for more than a turn.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import frozen
 
 from ..codec import view_fragment
 from ..model import Status, UserView, Visibility, unknown_user
 from ..protocol import ErrorCode, ProtocolError
 from .directory import Directory, SortKey, decode_cursor, encode_cursor, sort_key
-from .messages import ListQuery, UserPage
+from .messages import ListQuery, LookupQuery, PolicyQuery, PolicyView, UserPage, ViewsQuery
 from .policy import Policy
 from .turns import Turn
 
@@ -132,3 +134,26 @@ class Queries:
         users = tuple(found.values())
         cursor = encode_cursor(last) if len(found) == query.limit and last is not None else None
         return UserPage(users, cursor), fragments
+
+    async def answer(
+        self, query: ViewsQuery | ListQuery | LookupQuery | PolicyQuery, turn: Turn
+    ) -> Any:
+        """Answer a read-only question from HTTP or gRPC; raises ProtocolError for a
+        refused one. The views of a list are encoded on the way (see the module)."""
+        match query:
+            case ViewsQuery(watcher, user_ids):
+                return list((await self.views_for(watcher, user_ids, turn)).views)
+            case ListQuery():
+                page, _ = await self.list_users(query, turn)
+                return page
+            case LookupQuery(watcher, user_id):
+                known = self.directory.get(user_id) is not None
+                if known and self.policy.may_see(watcher, user_id):
+                    return self.view_for(watcher, user_id)
+                return None
+            case PolicyQuery(user_id):
+                return PolicyView(
+                    self.policy.visibility(user_id),
+                    self.policy.contacts(user_id),
+                    self.policy.blocked_by(user_id),
+                )

@@ -24,40 +24,13 @@ from typing import Any
 import trio
 from attrs import define
 
-from ..codec import make_push, prepare_bulk
+from ..codec import make_push
 from ..config import Settings
 from ..model import Status, unknown_user
 from ..persistence.intents import Intent, PresenceEvent, PresenceRow
 from ..protocol import (
-    Activity,
-    AllUsers,
-    Block,
-    Blocked,
-    CheckUserStatus,
-    ClientMessage,
-    Error,
-    ErrorCode,
-    GetAllUsers,
-    GetOnlineCount,
-    GetPresence,
-    Heartbeat,
-    HeartbeatAck,
-    Identify,
-    Logout,
-    OnlineCount,
-    Presence,
     PresenceState,
-    PrivacyUpdated,
     ProtocolError,
-    ServerMessage,
-    SetPrivacy,
-    SetStatus,
-    Subscribe,
-    Unblock,
-    Unblocked,
-    Unsubscribe,
-    Unsubscribed,
-    UserStatus,
     Welcome,
 )
 from .alarms import Alarms
@@ -72,22 +45,16 @@ from .messages import (
     Command,
     Detach,
     EngineStats,
-    ListQuery,
-    LookupQuery,
-    PolicyQuery,
-    PolicyView,
     Query,
     RegistryMessage,
     Request,
     Retiring,
-    Seen,
-    SetVisibility,
     StatsQuery,
-    ViewsQuery,
 )
 from .policy import Policy
 from .policy_changes import PolicyChanges
 from .queries import Queries
+from .requests import SessionRequests
 from .session import CLOSE_TRY_AGAIN_LATER, Outgoing, SessionHandle
 from .supervisor import RestartPolicy, supervise
 from .turns import Turn
@@ -97,14 +64,9 @@ from .watch_index import WatchIndex
 
 log = logging.getLogger("presence_actors.registry")
 
-# Requests the user's own actor answers; everything else the registry answers.
-USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
-_POLICY_REQUESTS = (SetPrivacy, Block, Unblock)
 # Turn units a message costs at least: routing one (spawning an actor, moving a
 # view in the directory, encoding a welcome) takes some tens of microseconds.
 _MESSAGE_UNITS = 10
-# How often at most a session's queries tell its actor that it is active.
-SEEN_INTERVAL = 1.0
 # The registry answers every question promptly; waiting longer means it is wedged.
 ASK_TIMEOUT = 5.0
 
@@ -153,6 +115,17 @@ class Registry:
         )
         self._lost: list[SessionHandle] = []  # overflowed outboxes, dropped between messages
         self._turn = Turn()
+        self._requests = SessionRequests(
+            index=self._index,
+            queries=self.queries,
+            policy_changes=self._policy_changes,
+            limits=settings.limits,
+            clock=rules.clock,
+            heartbeat_interval=rules.heartbeat_interval,
+            tell=self._tell,
+            deliver=self._deliver,
+            turn=self._turn,
+        )
         self._nursery: trio.Nursery | None = None
         self.alarms = Alarms()
 
@@ -252,8 +225,8 @@ class Registry:
                     shown = make_push(public, stamp) if push_public else None
                     own = shown if public is view else make_push(view, stamp) if push_own else None
                     self._fanout.add(view.user_id, shown, own, cause)
-            case Request(session, body):
-                await self._on_request(message, session, body)
+            case Request():
+                await self._requests.handle(message)
             case Attach(session):
                 if session.present:
                     self._tell(session.user_id, message)
@@ -379,158 +352,26 @@ class Registry:
             if session.present:
                 self._tell(session.user_id, Detach(session))
 
-    # --- requests ------------------------------------------------------------------
-
-    async def _on_request(
-        self, request: Request, session: SessionHandle, message: ClientMessage
-    ) -> None:
-        if session not in self._index:
-            return  # not live (yet, or any more): nothing to answer
-        forbidden = message.user_id is not None and message.user_id != session.user_id
-        user_request = isinstance(message, USER_REQUESTS)
-        if not session.present:
-            if isinstance(message, Heartbeat) and not forbidden:
-                # Observers have no presence to keep alive; the ack keeps clients simple.
-                ack = HeartbeatAck(
-                    timestamp=self.rules.clock.now_ms(),
-                    request_id=message.request_id,
-                    next_heartbeat_in_seconds=self.rules.heartbeat_interval,
-                )
-                self._deliver(session, ack)
-                return
-            forbidden = forbidden or user_request or isinstance(message, _POLICY_REQUESTS)
-        elif user_request and not forbidden:
-            self._tell(session.user_id, request)
-            return
-        else:
-            watch = self._index.watch_of(session)
-            now = trio.current_time()
-            # Queries are activity too; telling the actor once a second is enough
-            # for lastSeen and away, and spares it a wake-up per query.
-            if now - watch.seen_at >= SEEN_INTERVAL:
-                watch.seen_at = now
-                self._tell(session.user_id, Seen(session))
-        try:
-            if forbidden:
-                raise ProtocolError(
-                    ErrorCode.FORBIDDEN,
-                    "observers cannot change presence or privacy"
-                    if not session.present
-                    else "userId must be your own user",
-                )
-            reply = await self._answer_request(session, message)
-        except ProtocolError as exc:
-            reply = Error(
-                timestamp=self.rules.clock.now_ms(),
-                request_id=message.request_id,
-                code=exc.code,
-                message=exc.message,
-            )
-        if session in self._index:  # it may have gone while the answer was being made
-            self._deliver(session, reply)
-
-    async def _answer_request(
-        self, session: SessionHandle, message: ClientMessage
-    ) -> ServerMessage:
-        me = session.user_id
-        rid = message.request_id
-        queries, turn = self.queries, self._turn
-        match message:
-            case GetOnlineCount():
-                count = queries.online_count(me)
-                return OnlineCount(timestamp=self._now(), request_id=rid, count=count)
-            case CheckUserStatus(target_user_id=target):
-                view = queries.view_for(me, target)
-                return UserStatus(timestamp=self._now(), request_id=rid, view=view)
-            case GetAllUsers(status=status, limit=limit, cursor=cursor):
-                page, fragments = await queries.list_users(
-                    ListQuery(me, status, limit, cursor), turn
-                )
-                reply: ServerMessage = AllUsers(
-                    timestamp=self._now(),
-                    request_id=rid,
-                    users=page.users,
-                    next_cursor=page.next_cursor,
-                )
-                prepare_bulk(reply, fragments)
-                return reply
-            case GetPresence(user_ids=user_ids):
-                self._check_ids(user_ids)
-                listed = await queries.views_for(me, user_ids, turn)
-                reply = Presence(timestamp=self._now(), request_id=rid, users=listed.views)
-                prepare_bulk(reply, listed.fragments)
-                return reply
-            case Subscribe(user_ids=user_ids):
-                self._check_ids(user_ids)
-                self._index.subscribe(session, user_ids, self.settings.limits.max_subscriptions)
-                listed = await queries.views_for(me, list(dict.fromkeys(user_ids)), turn)
-                reply = PresenceState(timestamp=self._now(), request_id=rid, users=listed.views)
-                prepare_bulk(reply, listed.fragments)
-                return reply
-            case Unsubscribe(user_ids=user_ids):
-                self._check_ids(user_ids)
-                self._index.unsubscribe(session, user_ids)
-                return Unsubscribed(timestamp=self._now(), request_id=rid, user_ids=user_ids)
-            case SetPrivacy(visibility=visibility):
-                await self._policy_changes.apply(SetVisibility(me, visibility), turn)
-                return PrivacyUpdated(timestamp=self._now(), request_id=rid, visibility=visibility)
-            case Block(target_user_id=target):
-                await self._policy_changes.block(me, target, turn)
-                return Blocked(timestamp=self._now(), request_id=rid, target_user_id=target)
-            case Unblock(target_user_id=target):
-                await self._policy_changes.unblock(me, target, turn)
-                return Unblocked(timestamp=self._now(), request_id=rid, target_user_id=target)
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unhandled message type {message.TYPE!r}")
-
-    def _now(self) -> int:
-        return self.rules.clock.now_ms()
-
-    def _check_ids(self, user_ids: tuple[str, ...]) -> None:
-        if not user_ids:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "userIds must not be empty")
-        most = self.settings.limits.max_ids_per_request
-        if len(user_ids) > most:
-            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} userIds per request")
-
     # --- read-only answers -------------------------------------------------------------
 
     async def _answer_query(self, query: Query) -> Any:
         """Answer an Ask from HTTP or gRPC; a refusal is returned as its ProtocolError."""
-        queries, turn = self.queries, self._turn
+        if isinstance(query, StatsQuery):
+            return self.answer(query)
         try:
-            match query:
-                case ViewsQuery(watcher, user_ids):
-                    return list((await queries.views_for(watcher, user_ids, turn)).views)
-                case ListQuery():
-                    page, _ = await queries.list_users(query, turn)
-                    return page
+            return await self.queries.answer(query, self._turn)
         except ProtocolError as exc:
             return exc
-        return self.answer(query)
 
-    def answer(self, query: Query) -> Any:
-        """Answer a small read-only question at once (also read by /metrics at scrape time)."""
-        match query:
-            case LookupQuery(watcher, user_id):
-                known = self.directory.get(user_id) is not None
-                if known and self.policy.may_see(watcher, user_id):
-                    return self.queries.view_for(watcher, user_id)
-                return None
-            case StatsQuery():
-                return EngineStats(
-                    online_users=self.directory.online,
-                    sessions=len(self._index),
-                    known_users=len(self.directory),
-                    actors=len(self._actors),
-                    pushes=self.stats.pushes,
-                )
-            case PolicyQuery(user_id):
-                return PolicyView(
-                    self.policy.visibility(user_id),
-                    self.policy.contacts(user_id),
-                    self.policy.blocked_by(user_id),
-                )
-        raise AssertionError(f"not a small question: {query!r}")
+    def answer(self, query: StatsQuery) -> EngineStats:
+        """The engine's counters, at once (also read by /metrics at scrape time)."""
+        return EngineStats(
+            online_users=self.directory.online,
+            sessions=len(self._index),
+            known_users=len(self.directory),
+            actors=len(self._actors),
+            pushes=self.stats.pushes,
+        )
 
     def final_offline(self, now_ms: int) -> Iterator[Intent]:
         """Intents that record every user shown online as offline (clean shutdown).
