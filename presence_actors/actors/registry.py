@@ -34,6 +34,7 @@ from ..protocol import (
     Welcome,
 )
 from .alarms import Alarms
+from .byte_budget import ByteBudget
 from .directory import Directory
 from .fanout import Fanout, FanoutStatistics
 from .messages import (
@@ -69,6 +70,17 @@ log = logging.getLogger("presence_actors.registry")
 _MESSAGE_UNITS = 10
 # The registry answers every question promptly; waiting longer means it is wedged.
 ASK_TIMEOUT = 5.0
+# What the intake may hold in requests, besides its bound in messages: a request
+# may name a thousand users (some 100 KB of objects), a heartbeat nothing.
+INTAKE_BYTES = 8 << 20
+
+
+def request_weight(message: RegistryMessage) -> int:
+    """About the memory a queued message holds (only requests vary much)."""
+    if not isinstance(message, Request):
+        return 0
+    user_ids: tuple[str, ...] = getattr(message.message, "user_ids", ())
+    return 256 + sum(64 + len(user_id) for user_id in user_ids)
 
 
 @define
@@ -107,6 +119,7 @@ class Registry:
             settings.supervision.max_restarts, settings.supervision.restart_window
         )
         self._intake_send, self._intake = trio.open_memory_channel[RegistryMessage](intake_size)
+        self._intake_bytes = ByteBudget(INTAKE_BYTES)
         self._actors: dict[str, _ActorRef] = {}
         self._index = WatchIndex(self.policy, contacts_mode=settings.presence.fanout == "contacts")
         self._fanout = Fanout(self._index, self.policy, self._deliver, self.stats)
@@ -131,20 +144,16 @@ class Registry:
 
     # --- the mailbox ---------------------------------------------------------------
 
-    async def send(self, message: RegistryMessage) -> None:
-        """Queue a message; waits while the intake is full (backpressure)."""
-        await self._intake_send.send(message)
-
-    def send_nowait(self, message: RegistryMessage) -> None:
-        """Queue a message or raise trio.WouldBlock when the intake is full."""
-        self._intake_send.send_nowait(message)
-
     async def tell(self, message: RegistryMessage) -> None:
-        """Queue a message, waiting only while the intake is full.
+        """Queue a message, waiting only while the intake is full (in messages, or
+        for requests in bytes).
 
         Not a checkpoint when there is room: a burst of messages costs no
         scheduler round trip each, which is what keeps fan-out batched.
         """
+        weight = request_weight(message)
+        if weight:
+            await self._intake_bytes.take(weight)
         try:
             self._intake_send.send_nowait(message)
         except trio.WouldBlock:
@@ -212,6 +221,9 @@ class Registry:
         return None
 
     async def _dispatch(self, message: RegistryMessage) -> None:
+        weight = request_weight(message)
+        if weight:
+            self._intake_bytes.give(weight)
         await self._handle(message)
         if self._lost:
             self._drop_lost()
