@@ -21,7 +21,7 @@ from trio_websocket import open_websocket_url
 from presence_actors.config import AuthSettings
 from presence_actors.gateway.auth import mint_token
 
-from .process_harness import child_environment
+from .process_harness import child_env
 from .server_harness import RawClient, running_server, ws_client, ws_url
 from .test_http_api import http
 from .test_websocket import closed_with
@@ -241,7 +241,7 @@ async def test_an_hs256_token_signed_with_the_public_key_is_unauthorized_everywh
 def refused_at_start(tmp_path: Path, **variables: str) -> str:
     """The one line ``serve`` prints on stderr when it refuses to start (it must)."""
     environment = {
-        **child_environment(),
+        **child_env(),
         "PRESENCE_PERSISTENCE_PATH": str(tmp_path / "presence.db"),
         "PRESENCE_LOGGING_FILE": "",
         **variables,

@@ -21,7 +21,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from .process_harness import ServerProcess, server_process
+from .process_harness import ServerProcess, server_process, write_config
 
 SERVICE = "/presence.v1.PresenceService"
 UNARY = ["SetUserStatus", "GetUserStatus", "GetMultipleUserStatus", "SendHeartbeat"]
@@ -95,7 +95,7 @@ def grpc_web_status(body: bytes, headers: dict[str, str]) -> tuple[str, str]:
 
 
 async def test_deep_json_over_connect_never_reaches_the_parser(tmp_path: Path) -> None:
-    async with server_process(tmp_path) as server:
+    async with server_process(tmp_path, write_config(tmp_path / "config.toml")) as server:
         for method in UNARY:
             url = f"{server.base_url}{SERVICE}/{method}"
             for depth in DEPTHS:
@@ -145,7 +145,7 @@ async def test_deep_json_over_connect_never_reaches_the_parser(tmp_path: Path) -
 
 
 async def test_deep_json_over_grpc_web_never_reaches_the_parser(tmp_path: Path) -> None:
-    async with server_process(tmp_path) as server:
+    async with server_process(tmp_path, write_config(tmp_path / "config.toml")) as server:
         for method in METHODS:
             url = f"{server.base_url}{SERVICE}/{method}"
             for depth in DEPTHS:
@@ -170,7 +170,7 @@ def nested_groups(depth: int) -> bytes:
 
 
 async def test_deep_protobuf_groups_are_refused_over_grpc_and_grpc_web(tmp_path: Path) -> None:
-    async with server_process(tmp_path) as server:
+    async with server_process(tmp_path, write_config(tmp_path / "config.toml")) as server:
         url = f"{server.base_url}{SERVICE}/GetUserStatus"
         for depth in (10_000, 400_000):
             status, body, headers = await in_thread(
@@ -199,7 +199,7 @@ async def test_deep_protobuf_groups_are_refused_over_grpc_and_grpc_web(tmp_path:
 
 
 async def test_deep_json_in_rest_bodies_and_websocket_messages(tmp_path: Path) -> None:
-    async with server_process(tmp_path) as server:
+    async with server_process(tmp_path, write_config(tmp_path / "config.toml")) as server:
         url = f"{server.base_url}/api/admin/users/alice/contacts"
         for depth in DEPTHS:
 

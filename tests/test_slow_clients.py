@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from .process_harness import ServerProcess, server_process
+from .process_harness import ServerProcess, server_process, write_config
 
 # Long enough that held connections stay held for the length of a test.
 HOLDING = {"body_timeout": "60s", "body_idle_timeout": "60s"}
@@ -82,7 +82,7 @@ async def test_a_slow_or_stalled_body_gets_408_and_its_connection_closed(tmp_pat
     rpc = request_head("POST", "/presence.v1.PresenceService/GetUserStatus", 100)
     cases = {"trickling": (admin, 1.0), "stalled": (admin, None), "rpc": (rpc, 1.0)}
     answers: dict[str, bytes] = {}
-    async with server_process(tmp_path) as server:
+    async with server_process(tmp_path, write_config(tmp_path / "config.toml")) as server:
 
         async def attack(name: str) -> None:
             answers[name] = await answer_to_slow_body(server, *cases[name])
@@ -136,7 +136,8 @@ async def get(server: ServerProcess, path: str) -> bytes:
 
 async def test_past_the_connection_cap_a_client_reads_503_at_once(tmp_path: Path) -> None:
     server_settings = {**HOLDING, "max_connections": 20}
-    async with server_process(tmp_path, server=server_settings) as server:
+    config = write_config(tmp_path / "config.toml", server=server_settings)
+    async with server_process(tmp_path, config) as server:
         with trio.fail_after(60):
             async with held_connections(server, 20) as answers:
                 assert answers == [b""] * 20  # all admitted, all waiting for their bodies
@@ -161,7 +162,8 @@ async def test_a_descriptor_flood_is_refused_cleanly_without_a_log_flood(tmp_pat
     """With 200 descriptors and no cap configured, 150 held connections: those past
     the derived cap read a 503, a client connected before keeps being served,
     nothing floods the log, and the server recovers when the flood ends."""
-    async with server_process(tmp_path, nofile=200) as server:
+    config = write_config(tmp_path / "config.toml")
+    async with server_process(tmp_path, config, nofile=200) as server:
         url = server.base_url.replace("http", "ws", 1) + "/ws?userId=alice"
         with trio.fail_after(90):
             async with open_websocket_url(url) as alice:
@@ -184,7 +186,8 @@ async def test_accept_errors_are_logged_once_per_interval_with_a_count(tmp_path:
     EMFILE, which is logged once (not ten tracebacks a second), and the server
     accepts again once descriptors are free."""
     server_settings = {**HOLDING, "max_connections": 1000}
-    async with server_process(tmp_path, nofile=100, server=server_settings) as server:
+    config = write_config(tmp_path / "config.toml", server=server_settings)
+    async with server_process(tmp_path, config, nofile=100) as server:
         assert "server.max_connections = 1000 leaves less than" in server.stderr()
         with trio.fail_after(90):
             async with held_connections(server, 150) as answers:

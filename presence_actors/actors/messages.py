@@ -109,9 +109,11 @@ class UserPage:
 
 @frozen
 class StatsQuery:
-    """Counters; ``visible_online`` is counted for ``watcher`` (``None``: anonymous)."""
+    """Counters; with ``count_visible``, also the online users ``watcher`` may see
+    (``None``: anonymous), which can cost a walk over every user."""
 
     watcher: str | None = None
+    count_visible: bool = False
 
 
 @frozen
@@ -121,8 +123,8 @@ class EngineStats:
     known_users: int
     actors: int
     pushes: int = 0
-    # Online users the query's watcher may see: its get_online_count.
-    visible_online: int = 0
+    # Online users the query's watcher may see (its get_online_count), when asked for.
+    visible_online: int | None = None
 
 
 @frozen
