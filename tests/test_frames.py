@@ -18,14 +18,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from presence_actors.gateway.frames import (
-    FrameReader,
-    HandshakeError,
-    Kind,
-    accept_upgrade,
-    close_frame,
-    frame,
-)
+from presence_actors.gateway.frames import FrameReader, Kind, close_frame, frame
+from presence_actors.gateway.handshake import HandshakeError, accept_upgrade
 
 
 def client() -> Connection:
