@@ -62,8 +62,10 @@ def server_process(tmp_path: Path, **sections: Mapping[str, Any]) -> Iterator[Se
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with (tmp_path / "stderr.txt").open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "presence_actors", "serve", "--config", str(config)]
-            + ["--port", "0"],
+            [
+                *(sys.executable, "-m", "presence_actors", "serve"),
+                *("--config", str(config), "--port", "0"),
+            ],
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=tmp_path,
@@ -100,3 +102,34 @@ def _port_of(process: subprocess.Popen[bytes], tmp_path: Path) -> int:
         time.sleep(0.02)
     stderr = (tmp_path / "stderr.txt").read_text(errors="replace")
     raise AssertionError(f"the server did not start: {seen!r} {stderr}")
+
+
+def import_users(tmp_path: Path, count: int) -> None:
+    """``count`` known (offline) users in ``tmp_path``'s database, through
+    ``python -m presence_actors import-json`` as an operator would add them."""
+    state = {
+        f"user-{n:05d}": {
+            "userId": f"user-{n:05d}",
+            "connectionId": f"c-{n}",
+            "status": "offline",
+            "lastSeen": "2026-11-01T10:00:00.000Z",
+            "username": f"User number {n}",
+        }
+        for n in range(count)
+    }
+    (tmp_path / "user_state.json").write_text(json.dumps(state))
+    config = tmp_path / "import.toml"
+    config.write_text(
+        _toml({"persistence": {"path": str(tmp_path / "presence.db")}, "logging": {"file": ""}})
+    )
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "presence_actors", "import-json"),
+            *("--config", str(config), str(tmp_path / "user_state.json")),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )

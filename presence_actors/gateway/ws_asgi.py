@@ -73,8 +73,13 @@ class AsgiConnection:
 
     async def finish(self, code: int | None, reason: str) -> None:
         """Send what was queued before the close started (unless the peer is not
-        reading) and the close frame, within a bounded time; nothing when the
-        peer left (``code`` None): hypercorn ends the connection."""
+        reading) and the close frame, each within a bounded time; nothing when
+        the peer left (``code`` None): hypercorn ends the connection.
+
+        Hypercorn shields its own socket writes, so a peer that reads nothing
+        at all holds a send (and this task) until it reads or its TCP
+        connection dies; the engine has let the session go by then.
+        """
         self.begin_close(code, reason)
         if code is None:
             return
@@ -85,6 +90,7 @@ class AsgiConnection:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 await self._write(item)
+        with trio.move_on_after(FINISH_TIMEOUT):
             await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     async def _write(self, item: Outgoing) -> None:
