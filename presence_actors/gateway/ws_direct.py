@@ -53,6 +53,9 @@ class DirectConnection:
 
     def __init__(self, stream: trio.SocketStream, metrics: Metrics, limits: LimitSettings) -> None:
         self._stream = stream
+        # The socket's own fileno method: asked at every write, it answers -1 once the
+        # socket is closed. Never a number kept from before (see the module docstring).
+        self._fileno = stream.socket.fileno
         self._metrics = metrics
         self._capacity = limits.outbound_queue
         self._max_bytes = limits.outbound_bytes
@@ -110,7 +113,7 @@ class DirectConnection:
             return True
         if self._failed:
             return True
-        sent = self._write([data])
+        sent = self._write(data)
         if sent < len(data) and not self._failed:
             frames.append(data)
             self._sent = sent
@@ -119,11 +122,12 @@ class DirectConnection:
                 self._nursery.start_soon(self._write_backlog)
         return True
 
-    def _write(self, buffers: list[bytes | memoryview]) -> int:
-        """One non-blocking write; the bytes written (0: the kernel buffer is full)."""
+    def _write(self, data: bytes | list[bytes | memoryview]) -> int:
+        """One non-blocking write of ``data`` (or of several buffers at once); the bytes
+        written (0: the kernel buffer is full)."""
         try:
-            # The socket object's descriptor now (-1 once closed), not one kept from before.
-            return os.writev(self._stream.socket.fileno(), buffers)
+            fd = self._fileno()  # the socket's descriptor now: -1 once it is closed
+            return os.write(fd, data) if isinstance(data, bytes) else os.writev(fd, data)
         except BlockingIOError:
             return 0
         except OSError:
@@ -199,7 +203,7 @@ class DirectConnection:
             frames.append(closing)
             self._waiting += len(closing)
         else:
-            sent = self._write([closing])
+            sent = self._write(closing)
             if sent < len(closing) and not self._failed:
                 frames.append(closing)  # the running writer, or finish, sends the rest
                 self._sent = sent
