@@ -1,11 +1,11 @@
-"""Our RFC 6455 layer (``gateway/frames.py``) against wsproto, per operation, no I/O.
+"""Our RFC 6455 layer (``gateway/frames.py``, ``handshake.py``) against wsproto, no I/O.
 
 The frame-layer decision in docs/ARCHITECTURE.md rests on these figures. Three
 costs a direct WebSocket session pays, each measured as the best of a few
 timed repetitions (the least disturbed by other load on the machine):
 
 - handshake: parse an upgrade request head and build the 101 answer
-  (ours: ``accept_upgrade``; wsproto: a server ``WSConnection`` fed the head,
+  (ours: ``handshake.accept_upgrade``; wsproto: a server ``WSConnection`` fed the head,
   its ``Request`` event, ``send(AcceptConnection())``);
 - receive: one small masked text message (a heartbeat, 44 bytes of JSON) turned
   into a message (ours: ``FrameReader.feed`` + ``next``; wsproto:
@@ -33,7 +33,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from presence_actors.gateway.frames import FrameReader, accept_upgrade, frame
+from presence_actors.gateway.frames import FrameReader, frame
+from presence_actors.gateway.handshake import accept_upgrade
 from presence_actors.protocol import Push
 
 HEAD = (
