@@ -22,7 +22,8 @@ on ``start``), ``users`` (user ids, one connection each), ``concurrency``
 (connections in flight before their ``welcome``), ``samples`` (file prefix for
 a watcher's latency samples), ``changes`` (whether ``start`` makes these users
 change status; default: only for ``change``), ``reconnect`` (bring back a
-connection lost after its welcome, as a client library would). Commands:
+connection lost after its welcome, as a client library would), ``record_welcomes``
+(report every first ``welcome``'s arrival time in the result). Commands:
 ``{"cmd": "start", "t0", "w0", "w1", "rate"}`` (unix seconds: changes run from
 t0 to w1, the measured window is [w0, w1)), ``{"cmd": "stop"}``.
 """
@@ -136,6 +137,10 @@ class LoadGen(GeneratorLoop):
         # Whether "start" makes this process's users change status (a watcher
         # may change too: in ``fanout`` every user both changes and watches).
         self.changes: bool = spec.get("changes", self.role == "change")
+        # Arrival time of each connection's first welcome (``stall``: who was
+        # admitted when); off by default, it is one float per connection.
+        self.record_welcomes: bool = spec.get("record_welcomes", False)
+        self.welcome_times = array("d")
         self.conns = [Conn(i, u) for i, u in enumerate(spec["users"])]
         self.by_fd: dict[int, Conn] = {}
         # One receive buffer for every connection: recv() would allocate (and
@@ -471,6 +476,8 @@ class LoadGen(GeneratorLoop):
             else:
                 self.connected += 1
                 self.last_welcome = now
+                if self.record_welcomes:
+                    self.welcome_times.append(now)
             interval = float(message.get("heartbeatInterval") or self.heartbeat_interval)
             self.heartbeat_interval = interval
             # Phases spread over the whole interval: the heartbeats of all the
@@ -511,6 +518,10 @@ class LoadGen(GeneratorLoop):
             "retry_attempts": self.retry_attempts,
         }
 
+    def _result_fields(self) -> dict[str, Any]:
+        """What a subclass adds to the ``result`` event."""
+        return {}
+
     def _finish(self) -> None:
         if self.samples:
             with open(self.samples + ".latency", "wb") as file:
@@ -534,6 +545,9 @@ class LoadGen(GeneratorLoop):
             changes_in_window=self.changes_in_window,
             changes_seen=sorted(self.changes_seen),
             send_lag_max_ms=self.send_lag_max * 1000,
+            first=self.first_attempt,
+            welcome_times=list(self.welcome_times),
+            **self._result_fields(),
         )
         for conn in self.conns:
             if conn.state == Conn.OPEN:

@@ -119,6 +119,21 @@ class ServerProcess:
     def rss_kb(self) -> int:
         return procstat.rss_kb(self.pid)
 
+    async def terminate(self) -> tuple[float, int | None]:
+        """SIGTERM, then wait up to SERVER_STOP_TIMEOUT: the seconds the stop took
+        and the exit status (None: it did not stop in time and was killed)."""
+        started = time.monotonic()
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(SERVER_STOP_TIMEOUT):
+            await self.process.wait()
+        seconds = time.monotonic() - started
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+            return seconds, None
+        return seconds, self.process.returncode
+
     async def metrics(self) -> Scrape | None:
         """``/metrics`` parsed, or None when an overloaded server does not answer in time."""
         with trio.move_on_after(METRICS_TIMEOUT):
@@ -152,7 +167,12 @@ class Scrape:
 
 @asynccontextmanager
 async def open_server_process(
-    settings: Mapping[str, object], workdir: Path, *, core: int = 0, source: Path | None = None
+    settings: Mapping[str, object],
+    workdir: Path,
+    *,
+    core: int = 0,
+    source: Path | None = None,
+    check_exit: bool = True,
 ) -> AsyncIterator[ServerProcess]:
     """Run ``bench/server_main.py`` pinned to ``core`` until the block exits.
 
@@ -161,7 +181,10 @@ async def open_server_process(
     ``presence_actors`` package the server runs instead of the checkout's.
     Yields once ``GET /readyz`` says 200. On exit the server gets SIGTERM and
     must exit 0 within SERVER_STOP_TIMEOUT, else it is killed and BenchError
-    is raised (unless the block already raised).
+    is raised (unless the block already raised). With ``check_exit=False``
+    the block owns the verdict: a server the block killed or stopped itself
+    (``burst``'s kill -9, ``stall``'s timed SIGTERM) is only reaped, and one
+    still running is stopped the same way without the check.
     """
     full = {
         "server.port": 0,
@@ -199,7 +222,7 @@ async def open_server_process(
         raise
     else:
         with trio.CancelScope(shield=True):
-            await _stop(process, check=True)
+            await _stop(process, check=check_exit)
 
 
 async def _stop(process: trio.Process, *, check: bool) -> None:

@@ -2,6 +2,8 @@
 
     python bench/run.py connections [--users N] [--json]
     python bench/run.py broadcast [--watchers W] [--rate R] [--seconds T] [--json]
+    python bench/run.py stall [--users N] [--json]
+    python bench/run.py burst [--users U] [--kill-after D[,D...]] [--json]
 
 Every run starts its own server (``bench/server_main.py``: SQLite and the log
 in a temporary directory, port chosen by the OS) pinned to one core, and load
@@ -193,6 +195,8 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
         started = time.monotonic()
         revision = server_revision(args.server_rev)
         failures: list[BaseException] = []
+        # Scenarios that vary a parameter across repeats (``burst --kill-after``) read it.
+        args.run_number = number
         try:
             result = trio.run(_one_run, module, args, workdir, progress, layout)
         except* BenchError as group:

@@ -39,10 +39,10 @@ from .client import (
 )
 from .config import ConfigError, Settings, load_settings, parse_duration
 from .gateway.auth import mint_token
-from .gateway.server import RunningServer, serve_until_signalled
+from .gateway.server import EXIT_WRITES_LOST, RunningServer, serve_until_signalled
 from .logs import configure_logging
 from .model import Status, UserView, is_valid_user_id
-from .persistence import Store, open_reader
+from .persistence import DatabaseInUse, Store, WritesLost, open_reader
 from .protocol import ErrorCode, PresenceState, Subscribe, UserStatusChange
 from .transfer import (
     TransferError,
@@ -70,7 +70,15 @@ class CliError(Exception):
 
 
 # Failures that are the environment's, not the program's: reported in one line.
-_EXPECTED = (CliError, ConfigError, TransferError, PresenceClientError, OSError, sqlite3.Error)
+_EXPECTED = (
+    CliError,
+    ConfigError,
+    TransferError,
+    PresenceClientError,
+    OSError,
+    sqlite3.Error,
+    DatabaseInUse,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,8 +156,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.logging)
-    trio.run(_serve_until_signalled, settings)
-    return 0
+    lost = False
+    try:
+        trio.run(_serve_until_signalled, settings)
+    except* WritesLost:
+        lost = True  # the writer logged what was lost, in one line
+    return EXIT_WRITES_LOST if lost else 0
 
 
 async def _serve_until_signalled(settings: Settings) -> None:
@@ -444,7 +456,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "watch": Command("print users' presence changes as they happen", _watch_arguments, _watch),
     "import-json": Command(
-        "import users from a seed-000 user_state.json file (stop the server first)",
+        "import users from a seed-000 user_state.json file (refused while a server runs)",
         _file_arguments,
         _import_json,
     ),

@@ -266,18 +266,69 @@ def encode_bytes(message: p.ServerMessage) -> bytes:
 
     Lists of users (``presence``, ``all_users``, ``presence_state``) are spliced
     from each view's cached encoding: answering a bulk query is then mostly
-    joining bytes. A test holds the result equal to the generic encoding.
+    joining bytes; one made ahead by :func:`prepare_bulk` is taken as it is.
+    A test holds the result equal to the generic encoding.
     """
     users = getattr(message, "users", None)
     if users is None:
         return orjson.dumps(to_wire(message))
+    prepared = _prepared.take(message)
+    if prepared is not None:
+        return prepared
+    return _splice(message, [view_fragment(view) for view in users])
+
+
+def prepare_bulk(message: p.ServerMessage, fragments: list[bytes]) -> None:
+    """Encode a bulk answer now from its views' encodings (``fragments``, in order),
+    so that the transport sending it later only takes the bytes.
+
+    The engine walks a bulk answer in short turns, encoding each view on the
+    way; splicing ten thousand cached views again in one go would cost the
+    event loop several milliseconds. What transports never take (they use the
+    views) is kept up to a bound in bytes, the oldest dropped first.
+    """
+    _prepared.put(message, _splice(message, fragments))
+
+
+def _splice(message: p.ServerMessage, fragments: list[bytes]) -> bytes:
     head: dict[str, Any] = {"type": message.TYPE, "timestamp": format_timestamp(message.timestamp)}
     if isinstance(message, p.AllUsers):
         head["nextCursor"] = message.next_cursor
     if message.request_id is not None:
         head["requestId"] = message.request_id
-    listed = b",".join([view_fragment(view) for view in users])
-    return orjson.dumps(head)[:-1] + b',"users":[' + listed + b"]}"
+    return b"".join((orjson.dumps(head)[:-1], b',"users":[', b",".join(fragments), b"]}"))
+
+
+class _Prepared:
+    """Bulk answers encoded ahead of their transport, by message identity, bounded in bytes."""
+
+    def __init__(self, most_bytes: int) -> None:
+        self._most = most_bytes
+        self._entries: dict[int, tuple[p.ServerMessage, bytes]] = {}
+        self._bytes = 0
+
+    def put(self, message: p.ServerMessage, data: bytes) -> None:
+        self._drop(id(message))
+        self._entries[id(message)] = (message, data)
+        self._bytes += len(data)
+        while self._bytes > self._most and len(self._entries) > 1:
+            self._drop(next(iter(self._entries)))
+
+    def take(self, message: p.ServerMessage) -> bytes | None:
+        entry = self._entries.get(id(message))
+        if entry is None or entry[0] is not message:
+            return None
+        self._drop(id(message))
+        return entry[1]
+
+    def _drop(self, key: int) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
+
+
+# A bulk answer is encoded at most a few times over; 32 MiB holds ten of the largest.
+_prepared = _Prepared(32 << 20)
 
 
 # The directory's views live until they change, so their encodings are kept

@@ -190,10 +190,17 @@ class PersistenceSettings:
     path: str = "data/presence.db"
     flush_interval: Duration = 0.1
     batch_size: Count = 500
-    # Intents the writer accepts before callers wait (backpressure).
-    queue_size: Count = 10_000
+    # Presence events and policy changes held uncommitted (the store slow or failing)
+    # before further events are dropped (counted) and policy changes refused.
+    queue_size: Count = 100_000
+    # The same bound in estimated bytes of everything held, rows included.
+    queue_bytes: Count = 32 << 20
     retention: DurationOrZero = 30 * 86400.0
     prune_interval: Duration = 3600.0
+    # The WAL is checkpointed into the database and truncated at this size.
+    checkpoint_bytes: Count = 1 << 20
+    # How long an admin change waits for its commit before it is answered STORE_ERROR.
+    admin_commit_timeout: Duration = 5.0
 
 
 @frozen

@@ -90,6 +90,17 @@ class UserView:
         return (self.status, self.status_message, self.username)
 
 
+# How the audit log's own reasons for an invisible user's transitions are shown to
+# others: going invisible looks like a logout, coming back like a connect, so the
+# history of an "appear offline" user reads like that of one who really left.
+_PUBLIC_REASONS = {"invisible": "logout", "visible": "connect"}
+
+
+def public_reason(reason: str) -> str:
+    """The reason of a presence event as anyone but the user itself is told it."""
+    return _PUBLIC_REASONS.get(reason, reason)
+
+
 # One shared (frozen) view per id: bulk answers about the same unknown or
 # hidden users then reuse its cached encoding instead of building it anew.
 @functools.lru_cache(maxsize=65_536)

@@ -20,7 +20,7 @@ import trio.testing
 from presence_actors.actors import Engine, MemoryOutbox, SessionHandle, WallClock, open_engine
 from presence_actors.config import Settings
 from presence_actors.model import DeviceType
-from presence_actors.protocol import ClientMessage, Push, ServerMessage
+from presence_actors.protocol import ClientMessage, Push, PushBatch, ServerMessage
 
 M = TypeVar("M", bound=ServerMessage)
 
@@ -97,9 +97,13 @@ class FakeTransport:
         items, self._stashed = self._stashed, []
         while True:
             try:
-                items.append(self.outbox.receive.receive_nowait())
+                item = self.outbox.receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return items
+            if isinstance(item, PushBatch):
+                items.extend(item.pushes)  # one write on a socket; separate pushes here
+            else:
+                items.append(item)
 
     def pushes(self, about: str | None = None) -> list[Push]:
         """Pushes received so far (about one user only, if given); other messages are dropped."""
@@ -117,6 +121,9 @@ class FakeTransport:
         with trio.fail_after(5):
             while True:
                 item = await self.outbox.receive.receive()
+                if isinstance(item, PushBatch):
+                    self._stashed.extend(item.pushes)
+                    continue
                 if not isinstance(item, Push):
                     break
                 self._stashed.append(item)

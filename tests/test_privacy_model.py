@@ -63,6 +63,7 @@ class Model:
         self.blocks = set(blocks)
         self.status: dict[str, Status] = {}  # connected users and their session's status
         self.message: dict[str, str | None] = {}
+        self.face: dict[str, str | None] = {}
         self.known: set[str] = set()
         self.subscriptions: dict[str, set[str]] = {}
         self.expected: dict[str, list[tuple[Any, ...]]] = {}
@@ -85,12 +86,19 @@ class Model:
         return frozenset((user, watcher)) in self.edges or user in self.subscriptions[watcher]
 
     def shown(self, user: str) -> tuple[Any, ...]:
-        return (self.status.get(user, Status.OFFLINE), self.message.get(user), None)
+        """What others see; a user showing offline (gone, or invisible) keeps the
+        status message it last showed while visible."""
+        status = self.status.get(user, Status.OFFLINE)
+        if status is not Status.OFFLINE:
+            self.face[user] = self.message.get(user)
+        return (status, self.face.get(user), None)
 
     def seen_by(self, watcher: str, user: str) -> tuple[Any, ...]:
         """(status, statusMessage, username) of ``user`` as ``watcher`` sees it."""
         if user not in self.known or not self.may_see(watcher, user):
             return HIDDEN[:3]
+        if watcher == user:  # itself as it is, invisible or not
+            return (self.status.get(user, Status.OFFLINE), self.message.get(user), None)
         return self.shown(user)
 
     # --- changes ---------------------------------------------------------------------

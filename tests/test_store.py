@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,9 @@ def test_migrations_create_the_schema_and_are_idempotent(path: Path) -> None:
             "last_status",
             "last_seen",
             "updated_at",
+            "shown_differs",
+            "shown_username",
+            "shown_status_message",
         ]
         # NULL visibility: never chosen, so the configured default applies.
         assert not users["visibility"].notnull
@@ -75,7 +80,7 @@ def test_migrations_create_the_schema_and_are_idempotent(path: Path) -> None:
         event_indexes = {tuple(i.columns) for i in db.table("presence_events").indexes}
         assert {("user_id", "at"), ("at",)} <= event_indexes
         assert "AUTOINCREMENT" in db.table("presence_events").schema
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
         assert schema.migrate(db) == []
 
 
@@ -86,13 +91,13 @@ def test_a_failing_migration_step_is_rolled_back(
 
     def broken(db: Database) -> None:
         db.table("half_done").create({"x": int})
-        raise RuntimeError("step 2 fails")
+        raise RuntimeError("step 3 fails")
 
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
-    with pytest.raises(RuntimeError, match="step 2 fails"):
+    with pytest.raises(RuntimeError, match="step 3 fails"):
         Store.open(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert "half_done" not in tables
 
@@ -104,6 +109,17 @@ def test_wal_normal_sync_and_busy_timeout(path: Path) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
         assert conn.execute("PRAGMA busy_timeout").fetchone() == (250,)
         assert path.parent.is_dir()
+
+
+def test_a_second_store_on_one_database_is_refused_until_the_first_closes(path: Path) -> None:
+    holder = Store.open(path)
+    who = rf"\(pid {os.getpid()}, holding {re.escape(str(path))}\.lock\)"
+    with pytest.raises(
+        Exception, match=rf"^the database {re.escape(str(path))} is in use by another process {who}"
+    ):
+        Store.open(path)
+    holder.close()
+    Store.open(path).close()  # closing released the lock
 
 
 def test_commit_coalesces_rows_and_keeps_untouched_columns(store: Store) -> None:

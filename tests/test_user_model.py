@@ -52,6 +52,9 @@ class Model:
         self.active_seen: int | None = None
         self.alive_seen: int | None = None
         self.status_message: str | None = None
+        # What others see of the message: the one shown while last visible, so an
+        # invisible user looks exactly like an offline one.
+        self.shown_message: str | None = None
         self.shown = Status.OFFLINE
         self.pushed: tuple[Status, str | None] = (Status.OFFLINE, None)
         self.pushes: list[tuple[Status, int | None]] = []
@@ -89,7 +92,9 @@ class Model:
         if status is Status.OFFLINE and self.shown is not Status.OFFLINE:
             self.offline_seen = self.alive_seen or self.offline_seen
         self.shown = status
-        part = (status, self.status_message)
+        if status is not Status.OFFLINE:
+            self.shown_message = self.status_message
+        part = (status, self.shown_message)
         if part != self.pushed:
             self.pushed = part
             self.pushes.append((status, self.last_seen()))
@@ -332,7 +337,7 @@ class PresenceMachine(RuleBasedStateMachine):
         assert [(p.view.status, p.view.last_seen) for p in pushes] == expected_pushes
         assert view.status is self.model.shown
         assert view.last_seen == self.model.last_seen()
-        assert view.status_message == self.model.status_message
+        assert view.status_message == self.model.shown_message
         assert self.closes == self.model.closes
 
 

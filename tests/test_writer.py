@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import sqlite3
@@ -119,6 +120,10 @@ def stored_events(reader: StoreReader) -> list[PresenceEvent]:
     return [PresenceEvent(u, Status(s), at, r, d) for u, s, at, r, d in rows]
 
 
+def wal_size(path: Path) -> int:
+    return Path(f"{path}-wal").stat().st_size
+
+
 def lock_database(path: Path) -> sqlite3.Connection:
     """Hold the write lock from another connection, as a second process would."""
     other = sqlite3.connect(path, isolation_level=None)
@@ -135,11 +140,13 @@ async def test_a_full_batch_commits_at_once(
     ) as writer:
         with trio.fail_after(1):
             await writer.flush()  # the committer is done with the start-up prune
-        for i in range(5):
+        for i in range(3):
             writer.submit_nowait(event(i))
         with trio.fail_after(1):
             await log.wait_for(1)
         assert log.commits[0] == (0.0, BatchResult(intents=3, events=3))
+        for i in range(3, 5):
+            writer.submit_nowait(event(i))
         with trio.fail_after(20):
             await log.wait_for(2)
         # The remaining two wait for the interval.
@@ -298,39 +305,83 @@ async def test_a_full_disk_is_retried_and_nothing_is_lost(
     assert stored_events(reader) == big
 
 
-async def test_backpressure_while_commits_are_blocked(
-    autojump_clock: trio.testing.MockClock, store: Store, reader: StoreReader, path: Path
+async def test_a_failing_store_never_blocks_a_submitter_and_memory_stays_bounded(
+    autojump_clock: trio.testing.MockClock,
+    store: Store,
+    reader: StoreReader,
+    path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    submitted: list[PresenceEvent] = []
-    async with running(store, settings=PersistenceSettings(queue_size=2)) as writer:
+    caplog.set_level(logging.WARNING, logger="presence_actors.persistence")
+    users = [f"u{i}" for i in range(50)]
+    events = [event(i, user_id=users[i % 50]) for i in range(1000)]
+    async with running(store, settings=PersistenceSettings(queue_size=100)) as writer:
         with trio.fail_after(1):
             await writer.flush()
         other = lock_database(path)
-        with pytest.raises(trio.WouldBlock):  # noqa: PT012 - fill until it refuses
-            for i in range(100):
-                intent = event(i)
-                writer.submit_nowait(intent)
-                submitted.append(intent)
-                await trio.testing.wait_all_tasks_blocked()
-        # One batch in the committer's hands, one full pending batch, a full intake.
-        assert len(submitted) == 6
-        assert writer.statistics().pending_intents == 6
+        writer.submit_nowait(events[0])
+        with trio.fail_after(5):
+            await wait_until(lambda: writer.statistics().failing)
+        # Every submission is taken at once, and none waits: rows coalesce per
+        # user, events stop at queue_size and the rest are counted.
+        for round_ in range(20):
+            for user_id in users:
+                writer.submit_nowait(PresenceRow(user_id, Status.BUSY, None, f"m{round_}", 1, 1))
+        for intent in events[1:]:
+            writer.submit_nowait(intent)
+            await trio.testing.wait_all_tasks_blocked()
+        stats = writer.statistics()
+        assert (stats.failing, writer.writable, writer.free_slots()) == (True, False, 0)
+        assert stats.events_dropped == 900
+        assert stats.held_bytes <= PersistenceSettings().queue_bytes
+        other.close()  # releases the lock: everything held is committed, in order
+        with trio.fail_after(10):
+            await writer.flush()
+        stats = writer.statistics()
+        assert (writer.writable, stats.pending_intents, stats.held_bytes) == (True, 0, 0)
+        assert writer.free_slots() == 100
+    assert stored_events(reader) == events[:100]
+    assert {u.user_id: u.status_message for u in reader.load_users()} == dict.fromkeys(users, "m19")
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 2
+    assert "further presence events are dropped" in drops[0]
+    assert drops[1] == "the store caught up; 900 presence events were dropped while it was behind"
 
-        done: list[str] = []
 
-        async def submit_last() -> None:
-            await writer.submit(event(6))
-            done.append("submitted")
+async def test_large_events_are_bounded_in_bytes_while_the_store_fails(
+    autojump_clock: trio.testing.MockClock, store: Store, path: Path
+) -> None:
+    # A hostile device id of 4 KiB on every event: the byte bound (32 MiB by
+    # default) is reached long before the count bound (100,000).
+    huge = "d" * 4096
+    async with running(store) as writer:
+        with trio.fail_after(1):
+            await writer.flush()
+        other = lock_database(path)
+        for i in range(30_000):
+            writer.submit_nowait(PresenceEvent("u", Status.ONLINE, BASE_MS + i, "connect", huge))
+        stats = writer.statistics()
+        assert stats.held_bytes <= PersistenceSettings().queue_bytes
+        assert 20_000 < stats.events_dropped < 30_000
+        other.close()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(submit_last)
-            await trio.sleep(1)  # retries keep failing; the submitter keeps waiting
-            assert done == []
-            other.close()  # releases the lock
-            with trio.fail_after(10):
-                await writer.flush()
-        assert done == ["submitted"]
-    assert stored_events(reader) == [*submitted, event(6)]
+
+async def test_policy_changes_are_refused_up_front_while_the_store_fails(
+    autojump_clock: trio.testing.MockClock, store: Store, path: Path
+) -> None:
+    async with running(store) as writer:
+        with trio.fail_after(1):
+            await writer.flush()
+        assert writer.free_slots() > 0
+        other = lock_database(path)
+        writer.submit_nowait(event(1))
+        with trio.fail_after(5):
+            await wait_until(lambda: not writer.writable)
+        assert writer.free_slots() == 0
+        other.close()
+        with trio.fail_after(10):
+            await writer.flush()
+        assert writer.free_slots() > 0
 
 
 async def test_cancellation_commits_everything_pending(
@@ -373,13 +424,37 @@ async def test_shutdown_that_cannot_commit_reports_the_loss(
                 await writer.flush()
             other = lock_database(path)
             for i in range(5):
-                writer.submit_nowait(event(i))
+                writer.submit_nowait(event(i, user_id=f"u{i % 3}"))
+                writer.submit_nowait(PresenceRow(f"u{i % 3}", Status.AWAY, None, None, i, i))
             outer.start_soon(flush_and_record, writer)
             await trio.testing.wait_all_tasks_blocked()
         other.close()  # releases the lock
     assert outcome == ["the persistence writer stopped before the flush completed"]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors == ["persistence writer stopped with 5 intents not committed: they are lost"]
+    assert errors == [
+        "the store could not be written before the stop (database is locked): 3 users'"
+        " presence rows and 5 presence events were not committed and are lost"
+    ]
+
+
+async def test_the_wal_is_checkpointed_and_truncated_so_it_stays_small(
+    store: Store, reader: StoreReader, path: Path
+) -> None:
+    # 3 MB of events in ~100 KB commits, default settings: SQLite's own
+    # checkpoint (at 4 MB, never truncating) would let the WAL hold all of it.
+    limit = 1 << 20  # persistence.checkpoint_bytes
+    sizes = []
+    async with running(store) as writer:
+        for round_ in range(30):
+            for i in range(100):
+                at = round_ * 100 + i
+                writer.submit_nowait(PresenceEvent("u", Status.ONLINE, at, "x" * 1000))
+            with trio.fail_after(10):
+                await writer.flush()
+            sizes.append(wal_size(path))
+    assert max(sizes) < limit + 256 * 1024, sizes
+    assert any(later < earlier for earlier, later in itertools.pairwise(sizes))  # truncated
+    assert len(stored_events(reader)) == 3000
 
 
 async def test_retention_prunes_at_start_and_every_interval(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from bench.scenarios import broadcast, connections, fanout, persistence, query
+from bench.scenarios import broadcast, burst, connections, fanout, persistence, query, stall
 
-SCENARIOS = {module.NAME: module for module in (connections, fanout, query, persistence, broadcast)}
+SCENARIOS = {
+    module.NAME: module
+    for module in (connections, fanout, query, persistence, broadcast, stall, burst)
+}
 
 __all__ = ["SCENARIOS"]

@@ -41,8 +41,13 @@ def decode_cursor(cursor: str) -> SortKey:
 
 
 class Directory:
+    """Every known user's latest view, in list order; and, for the few users whose
+    view others see differently (an invisible user, which must look offline), that
+    public view. Both share their place in the order (same status and lastSeen)."""
+
     def __init__(self, views: Iterable[UserView] = ()) -> None:
         self._views: dict[str, UserView] = {}
+        self._public: dict[str, UserView] = {}
         self._order: SortedKeyList = SortedKeyList(key=sort_key)
         self.online = 0
         for view in views:
@@ -54,7 +59,16 @@ class Directory:
     def get(self, user_id: str) -> UserView | None:
         return self._views.get(user_id)
 
-    def put(self, view: UserView) -> None:
+    def public(self, user_id: str) -> UserView | None:
+        """The user as others see it (``get`` is how it sees itself)."""
+        return self._public.get(user_id) or self._views.get(user_id)
+
+    def put(self, view: UserView, public: UserView | None = None) -> None:
+        if public is None or public is view:
+            self._public.pop(view.user_id, None)
+        else:
+            assert sort_key(public) == sort_key(view)
+            self._public[view.user_id] = public
         old = self._views.get(view.user_id)
         if old is not None:
             self._order.remove(old)
@@ -87,3 +101,29 @@ class Directory:
         else:
             return found, None
         return found, encode_cursor(sort_key(found[-1]))
+
+    def scan(
+        self,
+        accept: Callable[[UserView], bool],
+        limit: int,
+        after: SortKey | None,
+        most: int,
+    ) -> tuple[list[UserView], SortKey | None]:
+        """Like :meth:`page`, looking at no more than ``most`` views: a piece of a long
+        walk. Returns the accepted views and where the walk stopped (None at the end)."""
+        found: list[UserView] = []
+        iterator = (
+            self._order.irange_key(min_key=after, inclusive=(False, True))
+            if after is not None
+            else iter(self._order)
+        )
+        last: SortKey | None = None
+        for looked, view in enumerate(iterator, 1):
+            last = sort_key(view)
+            if accept(view):
+                found.append(view)
+                if len(found) == limit:
+                    return found, last
+            if looked == most:
+                return found, last
+        return found, None

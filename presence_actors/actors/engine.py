@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,14 +20,16 @@ import trio
 
 from ..config import Settings
 from ..model import Status, UserView
-from ..persistence.store import BatchResult, Store
-from ..persistence.writer import PersistenceActor
+from ..persistence.intents import Intent, PresenceEvent, PresenceRow
+from ..persistence.store import BatchResult, Store, StoredUser
+from ..persistence.writer import PersistenceActor, WritesLost
 from ..protocol import ClientMessage, Heartbeat, HeartbeatAck, ProtocolError
 from .clock import WallClock
 from .directory import Directory
 from .messages import AdminCommand, Attach, Detach, Query, Request, Told
 from .policy import Policy
-from .registry import USER_REQUESTS, Registry
+from .registry import Registry
+from .requests import USER_REQUESTS
 from .session import SessionHandle
 from .user_state import Rules
 
@@ -103,7 +106,11 @@ class Engine:
         if self._shutdown_recorded:
             return
         self._shutdown_recorded = True
-        with trio.move_on_after(self.settings.server.graceful_timeout, shield=True):
+        deadline = trio.current_time() + self.settings.server.graceful_timeout
+        # One budget for the whole stop: the writer's own final flush ends then too.
+        self.writer.stop_at(deadline)
+        with trio.CancelScope(deadline=deadline, shield=True):
+            # submit() is a checkpoint: a long list of users does not hold the loop.
             for intent in self.registry.final_offline(self.clock.now_ms()):
                 await self.writer.submit(intent)
             await self.writer.flush()
@@ -125,24 +132,38 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
+    Opening the store takes its lock first, so a database another process uses
+    raises :class:`~..persistence.DatabaseInUse` before anything is read or
+    written; one SQLite cannot open raises ``StoreUnavailable``. A store that
+    opens but refuses writes (a full disk) does not stop the start: the engine
+    serves from memory, not ready, the recovery records held in the writer and
+    retried with everything else until space returns.
+
     On exit (normal or cancelled) users still shown online are recorded as
     offline with reason ``shutdown`` and everything accepted by the writer is
-    committed, within ``server.graceful_timeout``. A user actor escalating
-    past its restart intensity cancels the block and the error propagates.
+    committed, within ``server.graceful_timeout``; if some of it could not be,
+    the writer logs what was lost and the block raises
+    :class:`~..persistence.WritesLost` once the store is closed. A user actor
+    escalating past its restart intensity cancels the block and the error propagates.
     """
     clock = clock or WallClock.start()
     store = await trio.to_thread.run_sync(Store.open, settings.persistence.path)
+    writer: PersistenceActor | None = None
     try:
-        recovered = await trio.to_thread.run_sync(store.recover, clock.now_ms())
-        if recovered:
-            log.warning("recovered from an unclean stop: %d users marked offline", len(recovered))
         users = await trio.to_thread.run_sync(store.load_users)
         contacts = await trio.to_thread.run_sync(store.load_contacts)
         blocks = await trio.to_thread.run_sync(store.load_blocks)
-        directory = Directory(
-            UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
-            for u in users
-        )
+        recovery = await _recover(store, users, clock.now_ms())
+        directory = Directory()
+        for u in users:
+            view = UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
+            # What others see of a user who changed its profile while invisible.
+            shown = (
+                None
+                if u.shown is None
+                else UserView(u.user_id, Status.OFFLINE, *u.shown, u.last_seen)
+            )
+            directory.put(view, shown)
         policy = Policy(
             default_visibility=settings.presence.default_visibility,
             visibility={u.user_id: u.visibility for u in users if u.visibility is not None},
@@ -165,6 +186,12 @@ async def open_engine(
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
+            if recovery is not None and recovery[1]:
+                # First in the writer, before anything the new run writes.
+                error, intents = recovery
+                for intent in intents:
+                    writer.submit_nowait(intent)
+                writer.note_failure(error)
             await nursery.start(registry.run)
             engine = Engine(settings, clock, registry, writer)
             try:
@@ -174,3 +201,35 @@ async def open_engine(
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
+    if writer is not None and writer.loss:
+        raise WritesLost(writer.loss, writer.statistics().last_error)
+
+
+async def _recover(
+    store: Store, users: list[StoredUser], now_ms: int
+) -> tuple[str, list[Intent]] | None:
+    """Record the users an unclean stop left shown online as offline (``restart``).
+
+    One transaction when the store takes it; when it refuses (a full disk), the
+    same records as intents for the writer, with the error, and a warning.
+    """
+    try:
+        recovered = await trio.to_thread.run_sync(store.recover, now_ms)
+    except sqlite3.OperationalError as exc:
+        left = [u for u in users if u.last_status is not Status.OFFLINE]
+        log.warning(
+            "the store cannot be written (%s): serving from memory, not ready;"
+            " %d users left online by an unclean stop are recorded offline once it can",
+            exc,
+            len(left),
+        )
+        intents: list[Intent] = []
+        for u in left:
+            row = PresenceRow(
+                u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen, now_ms
+            )
+            intents += [row, PresenceEvent(u.user_id, Status.OFFLINE, now_ms, "restart")]
+        return str(exc), intents
+    if recovered:
+        log.warning("recovered from an unclean stop: %d users marked offline", len(recovered))
+    return None

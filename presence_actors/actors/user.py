@@ -57,6 +57,9 @@ class Mailbox(Protocol):
 class Writer(Protocol):
     """The persistence intake."""
 
+    @property
+    def problem(self) -> str | None: ...
+
     async def submit(self, intent: Intent) -> None: ...
 
     def submit_nowait(self, intent: Intent) -> None: ...
@@ -171,8 +174,5 @@ class UserActor:
                 case Accepted() | Ended() | Publish():
                     await self._registry.tell(effect)
                 case Persist(intent):
-                    # Like registry.tell: wait (and yield) only when the writer is behind.
-                    try:
-                        self._writer.submit_nowait(intent)
-                    except trio.WouldBlock:
-                        await self._writer.submit(intent)
+                    # Never waits: the writer holds what a failing store cannot take.
+                    self._writer.submit_nowait(intent)

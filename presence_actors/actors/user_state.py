@@ -119,23 +119,33 @@ class UserState:
     sessions: tuple[SessionState, ...] = ()
     grace: Grace | None = None
     departed: tuple[Departed, ...] = ()
-    # The view last published to the registry and the part of it last pushed.
+    # The username and status message others see while the user shows offline:
+    # those it last showed while visible. An invisible user is then
+    # indistinguishable from an offline one, whatever it changes meanwhile.
+    face: tuple[str | None, str | None] = (None, None)
+    # The view last published to the registry and the parts of it last pushed to
+    # the user's own sessions and to everyone else.
     shown: UserView | None = None
     pushed: tuple[Status, str | None, str | None] | None = None
+    pushed_public: tuple[Status, str | None, str | None] | None = None
     push_times: tuple[float, ...] = ()
     push_due: float | None = None
     push_cause: SessionHandle | None = None
 
     @classmethod
-    def from_view(cls, view: UserView) -> UserState:
-        """The state of a user not attached anywhere, as the directory knows it."""
+    def from_view(cls, view: UserView, public: UserView | None = None) -> UserState:
+        """The state of a user not attached anywhere, as the directory knows it
+        (``public``: what others see of it, when that differs)."""
+        public = public or view
         return cls(
             user_id=view.user_id,
             username=view.username,
             status_message=view.status_message,
             last_seen=view.last_seen,
+            face=(public.username, public.status_message),
             shown=view,
             pushed=view.pushed_part(),
+            pushed_public=public.pushed_part(),
         )
 
     def copy(self) -> UserState:
@@ -149,8 +159,10 @@ class UserState:
             self.sessions,
             self.grace,
             self.departed,
+            self.face,
             self.shown,
             self.pushed,
+            self.pushed_public,
             self.push_times,
             self.push_due,
             self.push_cause,
@@ -200,10 +212,14 @@ class Ended:
 
 @frozen
 class Publish:
-    """Tell the registry the user's new view; ``push`` fans it out to watchers."""
+    """Tell the registry the user's new view (``public``: what others see of it, the
+    same object when nothing is hidden); the pushes go to the user's own sessions
+    (``push_own``) and to the other watchers (``push_public``)."""
 
     view: UserView
-    push: bool
+    public: UserView
+    push_own: bool
+    push_public: bool
     cause: SessionHandle | None
 
 
@@ -247,6 +263,18 @@ def view_of(state: UserState, now: float, rules: Rules) -> UserView:
         last_seen=last_seen,
         devices=devices,
     )
+
+
+def public_view(state: UserState, view: UserView) -> UserView:
+    """``view`` as others see it: a user showing offline keeps the username and status
+    message it last showed while visible, and no devices, whether it is really gone
+    or only invisible. ``view`` itself when nothing differs."""
+    if view.status is not Status.OFFLINE:
+        return view
+    username, status_message = state.face
+    if not view.devices and view.username == username and view.status_message == status_message:
+        return view
+    return UserView(view.user_id, Status.OFFLINE, username, status_message, view.last_seen, ())
 
 
 def _last_heard(session: SessionState) -> float:
@@ -537,10 +565,14 @@ def _finish(
     if status is Status.OFFLINE and (before is None or before.status is not Status.OFFLINE):
         state.last_seen = state.seen_alive or state.last_seen
     view = view_of(state, now, rules)
+    if view.status is not Status.OFFLINE:
+        state.face = (view.username, view.status_message)
+    public = public_view(state, view)
     stamp = rules.clock.ms(now)
     changed = view != before
     if changed:
         if before is None or _row_of(before) != _row_of(view):
+            face = (public.username, public.status_message)
             row = PresenceRow(
                 user_id=view.user_id,
                 status=view.status,
@@ -548,31 +580,36 @@ def _finish(
                 status_message=view.status_message,
                 last_seen=view.last_seen,
                 updated_at=stamp,
+                shown=None if face == (view.username, view.status_message) else face,
             )
             effects.append(Persist(row))
         if before is None or before.status is not view.status:
             if device is None and cause is not None:
                 device = cause.device_id
+            if reason == "set_status" and view.status is Status.OFFLINE:
+                reason = "invisible"
+            elif reason == "set_status" and before is not None and not before.online:
+                reason = "visible"
             effects.append(Persist(PresenceEvent(view.user_id, view.status, stamp, reason, device)))
-    push = False
-    part = view.pushed_part()
-    if part == state.pushed:
+    push_own = push_public = False
+    own_part, public_part = view.pushed_part(), public.pushed_part()
+    if own_part == state.pushed and public_part == state.pushed_public:
         state.push_due = state.push_cause = None
     else:
         # At most pushes_per_window times are kept, so this stays small.
         recent = tuple(t for t in state.push_times if t > now - PUSH_WINDOW)
         if len(recent) < rules.pushes_per_window:
-            push = True
-            state.pushed = part
+            push_own, push_public = own_part != state.pushed, public_part != state.pushed_public
+            state.pushed, state.pushed_public = own_part, public_part
             state.push_times = (*recent, now)
             state.push_due = state.push_cause = None
         else:
             state.push_times = recent
             state.push_due = recent[0] + PUSH_WINDOW
             state.push_cause = cause
-    if changed or push:
+    if changed or push_own or push_public:
         state.shown = view
-        effects.append(Publish(view, push, cause))
+        effects.append(Publish(view, public, push_own, push_public, cause))
     return state, effects
 
 

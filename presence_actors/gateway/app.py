@@ -67,12 +67,15 @@ class PresenceApp:
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            ready = self.engine.writer.writable
-            await respond_json(
-                send,
-                200 if ready else 503,
-                {"status": "ready" if ready else "unavailable", "storeWritable": ready},
-            )
+            writer = self.engine.writer
+            ready = writer.writable
+            body: dict[str, object] = {
+                "status": "ready" if ready else "unavailable",
+                "storeWritable": ready,
+            }
+            if not ready:
+                body["reason"] = f"the store cannot be written: {writer.problem}"
+            await respond_json(send, 200 if ready else 503, body)
         elif path == "/metrics":
             await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
         elif scope["method"] in ("GET", "HEAD"):

@@ -36,6 +36,7 @@ from ..model import (
     format_timestamp,
     is_valid_user_id,
     parse_timestamp,
+    public_reason,
 )
 from ..persistence.store import EventRecord, open_reader
 from ..persistence.writer import WriterNotRunning
@@ -201,7 +202,8 @@ class HttpApi:
 
     async def _history(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
         user_id = _user_id(params["user_id"])
-        await self._known(self.caller(scope).user_id, user_id)
+        caller = self.caller(scope).user_id
+        await self._known(caller, user_id)
         query = query_of(scope)
         since = _moment(query, "since", None) or 0
         until = _moment(query, "until", None)
@@ -225,7 +227,7 @@ class HttpApi:
                 {
                     "status": e.status.value,
                     "at": format_timestamp(e.at),
-                    "reason": e.reason,
+                    "reason": e.reason if caller == user_id else public_reason(e.reason),
                     "deviceId": e.device_id,
                 }
                 for e in events
@@ -235,13 +237,38 @@ class HttpApi:
     # --- admin ---------------------------------------------------------------------
 
     async def _admin(self, scope: Scope, command: AdminCommand) -> None:
-        """Apply ``command`` and return once it is committed (so it survives a crash)."""
+        """Apply ``command`` and return once it is committed (so it survives a crash).
+
+        Refused (``STORE_ERROR``, nothing applied) while the store is failing.
+        The commit is awaited at most ``persistence.admin_commit_timeout``; past
+        it the answer is ``STORE_ERROR`` too: the change is applied and will be
+        committed if the store recovers before the server stops, but it is not
+        acknowledged, so the caller retries it (every admin change is idempotent).
+        """
         self.auth.admin(headers_of(scope))
+        writer = self.engine.writer
+        if not writer.writable:
+            raise HttpError(
+                503,
+                ErrorCode.STORE_ERROR,
+                f"the store cannot be written ({writer.problem}); admin changes are refused"
+                " until it recovers (see /readyz)",
+            )
         await self.engine.command(command)
+        timeout = self.settings.persistence.admin_commit_timeout
         try:
-            await self.engine.writer.flush()
+            with trio.fail_after(timeout):
+                await writer.flush()
         except WriterNotRunning as exc:
             raise HttpError(503, ErrorCode.STORE_ERROR, str(exc)) from None
+        except trio.TooSlowError:
+            raise HttpError(
+                503,
+                ErrorCode.STORE_ERROR,
+                f"the change was not committed within {timeout:g} s"
+                f" ({writer.problem or 'the store is slow'}): it is not acknowledged;"
+                " retry it once /readyz answers 200",
+            ) from None
 
     async def _admin_policy(
         self, scope: Scope, _: Receive, params: dict[str, str]

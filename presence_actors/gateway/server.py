@@ -19,6 +19,7 @@ from ..actors import Engine, open_engine
 from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
+from ..persistence import PersistenceActor
 from .app import PresenceApp
 from .listener import PortServer
 
@@ -116,9 +117,11 @@ async def serve_until_signalled(
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully and return.
 
-    A connection whose peer stopped reading can keep a send (and with it the
-    process) alive after everything was committed; a watchdog ends the
-    process once the shutdown has taken twice the graceful timeout.
+    Raises :class:`~..persistence.WritesLost` (already logged) when the stop
+    could not commit everything. A connection whose peer stopped reading can
+    keep a send (and with it the process) alive after the final commit; a
+    watchdog ends the process once the shutdown has taken longer than its
+    bounded steps can (see :func:`_start_watchdog`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(settings) as server:
@@ -126,7 +129,8 @@ async def serve_until_signalled(
             task_status.started(server)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
-                _start_watchdog(2 * settings.server.graceful_timeout + 1)
+                seconds = 2 * settings.server.graceful_timeout + _WATCHDOG_MARGIN
+                _start_watchdog(seconds, server.engine.writer)
                 break
 
 
@@ -149,11 +153,39 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def _start_watchdog(seconds: float) -> None:
+# The stop's steps are bounded by the graceful timeout twice (connections, then
+# the final commit) plus the writer's last attempt (1 s) and a commit already
+# running in its thread (up to the 1 s busy timeout); this leaves room for those.
+_WATCHDOG_MARGIN = 5.0
+
+EXIT_WRITES_LOST = 1
+
+
+def _start_watchdog(seconds: float, writer: PersistenceActor) -> None:
+    """End the process after ``seconds``, with a status and a line that say what it lost.
+
+    Runs in a thread: it reads only ``writer.loss``, which the writer sets once,
+    when its final flush is over.
+    """
+
     def expire() -> None:
-        log.warning("shutdown still waiting on stuck connections after %.1fs; exiting", seconds)
+        loss = writer.loss
+        if loss is None:
+            log.error(
+                "the stop did not finish in %.1f s and the final commit had not ended:"
+                " writes it had not committed are lost; exiting",
+                seconds,
+            )
+        elif loss:
+            log.error("the stop did not finish in %.1f s (stuck connections); exiting", seconds)
+        else:
+            log.warning(
+                "the stop did not finish in %.1f s (stuck connections); everything was"
+                " committed; exiting",
+                seconds,
+            )
         logging.shutdown()
-        os._exit(0)
+        os._exit(EXIT_WRITES_LOST if loss is None or loss else 0)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backlog import Loss
 from .intents import (
     BlockAdded,
     BlockRemoved,
@@ -13,6 +14,7 @@ from .intents import (
     PresenceRow,
     VisibilityRow,
 )
+from .lock import DatabaseInUse, DatabaseLock
 from .schema import migrate
 from .store import (
     Batch,
@@ -21,10 +23,11 @@ from .store import (
     Store,
     StoredUser,
     StoreReader,
+    StoreUnavailable,
     UserWrite,
     open_reader,
 )
-from .writer import PersistenceActor, WriterNotRunning, WriterStatistics
+from .writer import PersistenceActor, WriterNotRunning, WriterStatistics, WritesLost
 
 __all__ = [
     "Batch",
@@ -34,18 +37,23 @@ __all__ = [
     "ContactAdded",
     "ContactRemoved",
     "ContactsReplaced",
+    "DatabaseInUse",
+    "DatabaseLock",
     "EventRecord",
     "Intent",
+    "Loss",
     "PersistenceActor",
     "PresenceEvent",
     "PresenceRow",
     "Store",
     "StoreReader",
+    "StoreUnavailable",
     "StoredUser",
     "UserWrite",
     "VisibilityRow",
     "WriterNotRunning",
     "WriterStatistics",
+    "WritesLost",
     "migrate",
     "open_reader",
 ]

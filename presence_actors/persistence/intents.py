@@ -21,6 +21,9 @@ class PresenceRow:
     status_message: str | None
     last_seen: int | None
     updated_at: int
+    # The username and status message others see, when they differ: those an
+    # invisible user last showed while visible (PROTOCOL_NOTES, "appear offline").
+    shown: tuple[str | None, str | None] | None = None
 
 
 @frozen

@@ -59,7 +59,16 @@ def _v1_initial(db: Database) -> None:
     events.create_index(["at"])  # retention pruning
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+def _v2_shown_face(db: Database) -> None:
+    # What others see of a user who changed its username or status message while
+    # invisible; NULLs with shown_differs = 0 when they see the row's own values.
+    users = db.table("users")
+    users.add_column("shown_differs", int, not_null_default=0)
+    users.add_column("shown_username", str)
+    users.add_column("shown_status_message", str)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_shown_face)
 """Every step in order; ``len(MIGRATIONS)`` is the version this code expects."""
 
 

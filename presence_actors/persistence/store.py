@@ -1,4 +1,4 @@
-"""The SQLite store: the one write connection, read-only readers, and every query.
+"""The SQLite store: the one write connection, its transactions and checkpoints.
 
 All methods are synchronous and do blocking I/O; the caller picks the thread
 (the :class:`~.writer.PersistenceActor` uses ``trio.to_thread.run_sync``). A
@@ -9,257 +9,127 @@ cancelled caller still waits for the call, and its transaction, to finish.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from attrs import Factory, define, evolve, frozen
 from sqlite_utils import Database
 
-from ..model import Status, Visibility
+from .batch import Batch, BatchResult, RelationChange, UserWrite
 from .intents import (
     BlockAdded,
     BlockRemoved,
     ContactAdded,
     ContactRemoved,
     ContactsReplaced,
-    Intent,
-    PresenceEvent,
-    PresenceRow,
-    VisibilityRow,
+)
+from .lock import DatabaseLock
+from .queries import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    EventRecord,
+    Queries,
+    StoredUser,
+    StoreReader,
+    connect,
+    open_reader,
 )
 from .schema import migrate, write_transaction
 
-# Long enough to ride out a checkpoint or a concurrent migration, short enough
-# that a stuck lock surfaces quickly as a retried, logged commit failure.
-DEFAULT_BUSY_TIMEOUT_MS = 1000
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "EventRecord",
+    "RelationChange",
+    "Store",
+    "StoreReader",
+    "StoreUnavailable",
+    "StoredUser",
+    "UserWrite",
+    "open_reader",
+]
 
 
-@frozen
-class StoredUser:
-    user_id: str
-    username: str | None
-    status_message: str | None
-    visibility: Visibility | None  # None: never chosen, the server default applies
-    last_status: Status
-    last_seen: int | None
+class StoreUnavailable(sqlite3.OperationalError):
+    """The database cannot be opened; the message names it and says why in one line."""
 
 
-@frozen
-class EventRecord:
-    user_id: str
-    status: Status
-    at: int
-    reason: str
-    device_id: str | None
-
-
-@frozen
-class UserWrite:
-    """The merged columns one batch writes to one ``users`` row.
-
-    ``presence`` and ``visibility`` are ``None`` when no intent of the batch
-    touched those columns; ``updated_at`` comes from the latest intent.
-    """
-
-    user_id: str
-    updated_at: int
-    presence: PresenceRow | None = None
-    visibility: Visibility | None = None
-
-
-RelationChange = ContactsReplaced | ContactAdded | ContactRemoved | BlockAdded | BlockRemoved
-
-
-@define
-class Batch:
-    """Intents coalesced into what one transaction writes.
-
-    Row intents of one user merge into one :class:`UserWrite` (later columns
-    win); events and relation changes keep submission order.
-    """
-
-    users: dict[str, UserWrite] = Factory(dict)
-    events: list[PresenceEvent] = Factory(list)
-    relations: list[RelationChange] = Factory(list)
-    intents: int = 0
-
-    def add(self, intent: Intent) -> None:
-        self.intents += 1
-        match intent:
-            case PresenceRow(user_id=user_id):
-                old = self._user(user_id)
-                self.users[user_id] = evolve(old, presence=intent, updated_at=intent.updated_at)
-            case VisibilityRow(user_id=user_id):
-                old = self._user(user_id)
-                self.users[user_id] = evolve(
-                    old, visibility=intent.visibility, updated_at=intent.updated_at
-                )
-            case PresenceEvent():
-                self.events.append(intent)
-            case _:
-                self.relations.append(intent)
-
-    def _user(self, user_id: str) -> UserWrite:
-        # updated_at is always overwritten by the intent being merged.
-        return self.users.get(user_id) or UserWrite(user_id=user_id, updated_at=0)
-
-
-@frozen
-class BatchResult:
-    """Rows one commit changed per table, and how many intents it made durable."""
-
-    intents: int = 0
-    users: int = 0
-    events: int = 0
-    contacts: int = 0
-    blocks: int = 0
-
-    @property
-    def rows(self) -> int:
-        return self.users + self.events + self.contacts + self.blocks
-
-    def __add__(self, other: BatchResult) -> BatchResult:
-        return BatchResult(
-            intents=self.intents + other.intents,
-            users=self.users + other.users,
-            events=self.events + other.events,
-            contacts=self.contacts + other.contacts,
-            blocks=self.blocks + other.blocks,
-        )
-
-
-def _connect(target: str, *, uri: bool, busy_timeout_ms: int) -> Database:
-    # isolation_level=None: the driver opens no implicit transactions, every
-    # transaction here is an explicit write_transaction().
-    # check_same_thread=False: the writer commits from trio worker threads.
-    conn = sqlite3.connect(
-        target,
-        uri=uri,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=busy_timeout_ms / 1000,
-    )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    # No sqlite-utils plugins: nothing else may reconfigure our connections.
-    return Database(conn, execute_plugins=False)
-
-
-class _Queries:
-    """Reads shared by the write connection and read-only readers."""
-
-    db: Database
-
-    def load_users(self) -> list[StoredUser]:
-        """Every stored user, ordered by ``user_id``."""
-        rows = self.db.execute(
-            "SELECT user_id, username, status_message, visibility, last_status, last_seen"
-            " FROM users ORDER BY user_id"
-        )
-        return [
-            StoredUser(
-                user_id=user_id,
-                username=username,
-                status_message=status_message,
-                visibility=None if visibility is None else Visibility(visibility),
-                last_status=Status(last_status),
-                last_seen=last_seen,
-            )
-            for user_id, username, status_message, visibility, last_status, last_seen in rows
-        ]
-
-    def load_contacts(self) -> dict[str, set[str]]:
-        """user -> contacts; symmetric because both directions are stored."""
-        return _group(self.db.execute("SELECT user_id, contact_id FROM contacts"))
-
-    def load_blocks(self) -> dict[str, set[str]]:
-        """user -> the ids that user has blocked."""
-        return _group(self.db.execute("SELECT user_id, blocked_id FROM blocks"))
-
-    def history(
-        self, user_id: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 1000
-    ) -> list[EventRecord]:
-        """The user's events with ``since_ms <= at < until_ms``, oldest first.
-
-        Events with the same ``at`` keep the order they were written in; at most
-        ``limit`` of them, the oldest. ``until_ms=None`` means no upper bound.
-        """
-        rows = self.db.execute(
-            "SELECT user_id, status, at, reason, device_id FROM presence_events"
-            " WHERE user_id = ? AND at >= ? AND (? IS NULL OR at < ?)"
-            " ORDER BY at, id LIMIT ?",
-            (user_id, since_ms, until_ms, until_ms, limit),
-        )
-        return [
-            EventRecord(user_id=uid, status=Status(status), at=at, reason=reason, device_id=dev)
-            for uid, status, at, reason, dev in rows
-        ]
-
-    def recent_events(self, limit: int = 100) -> list[EventRecord]:
-        """The latest ``limit`` events of all users, newest first."""
-        rows = self.db.execute(
-            "SELECT user_id, status, at, reason, device_id FROM presence_events"
-            " ORDER BY at DESC, id DESC LIMIT ?",
-            (limit,),
-        )
-        return [
-            EventRecord(user_id=uid, status=Status(status), at=at, reason=reason, device_id=dev)
-            for uid, status, at, reason, dev in rows
-        ]
-
-    def close(self) -> None:
-        """Close the connection; safe to call twice."""
-        self.db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
-    grouped: dict[str, set[str]] = {}
-    for left, right in pairs:
-        grouped.setdefault(left, set()).add(right)
-    return grouped
-
-
-class Store(_Queries):
+class Store(Queries):
     """Owner of the single write connection (WAL, ``synchronous=NORMAL``).
 
     Every write method is one transaction: it happens entirely or not at all,
-    and a failure leaves no transaction open.
+    and a failure leaves no transaction open. SQLite never checkpoints on its
+    own here (``wal_autocheckpoint = 0``): the writer calls :meth:`checkpoint`
+    when :meth:`wal_bytes` says so, which also truncates the WAL file.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, path: Path, lock: DatabaseLock | None = None) -> None:
         self.db = db
+        self.path = path
+        self._lock = lock
 
     @classmethod
     def open(cls, path: str | Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Self:
-        """Open (creating it and its directory if needed) and migrate the database."""
+        """Lock, open (creating it and its directory if needed) and migrate the database.
+
+        Raises :class:`~.lock.DatabaseInUse` if another process holds it, before
+        reading or writing anything, and :class:`StoreUnavailable` if SQLite
+        cannot open it. Nothing is written when the schema is current, so a
+        database on a full disk opens as long as SQLite can map its ``-shm`` index.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = _connect(str(path), uri=False, busy_timeout_ms=busy_timeout_ms)
+        lock = DatabaseLock.acquire(path)
+        db: Database | None = None
         try:
+            db = connect(str(path), uri=False, busy_timeout_ms=busy_timeout_ms)
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
-                raise sqlite3.OperationalError(f"cannot enable WAL on {path}: journal_mode={mode}")
+                raise sqlite3.OperationalError(f"cannot enable WAL: journal_mode={mode}")
             # NORMAL in WAL: a commit survives a process crash; a power loss may
             # drop the last commits but never corrupts the file.
             db.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints only when the writer asks: SQLite's own (at 4 MB, never
+            # truncating) let the WAL alone fill a small volume.
+            db.execute("PRAGMA wal_autocheckpoint = 0")
             migrate(db)
-        except BaseException:
-            db.close()
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            lock.release()
+            if isinstance(exc, sqlite3.Error):
+                note = _space_note(path)
+                raise StoreUnavailable(f"cannot open the database {path}: {exc}{note}") from exc
             raise
-        return cls(db)
+        return cls(db, path, lock)
+
+    def close(self) -> None:
+        """Close the connection, then release the lock; safe to call twice."""
+        try:
+            self.db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file now (0 if there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes.
+
+        True if it completed; False if a reader still needed old frames (after
+        the busy timeout), in which case nothing is lost and a later call
+        finishes the job. Raises ``sqlite3.OperationalError`` when the database
+        file cannot grow (a full disk): the WAL still holds every commit.
+        """
+        (busy, _, _) = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     def recover(self, now_ms: int) -> list[str]:
         """Turn every user the last run left non-offline into offline.
@@ -365,6 +235,16 @@ class Store(_Queries):
         return self.db.conn.execute(sql, (change.user_id, change.blocked_id)).rowcount
 
 
+def _space_note(path: Path) -> str:
+    """`` (its file system is full)`` when that is the likely cause of a failure."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    # A few pages: SQLite needs at least its 32 KiB -shm index to open a WAL database.
+    return f" (its file system is full: {free} bytes free)" if free < 64 * 1024 else ""
+
+
 def _user_columns(write: UserWrite) -> tuple[tuple[str, ...], tuple[object, ...]]:
     columns: list[str] = ["user_id"]
     values: list[object] = [write.user_id]
@@ -372,6 +252,9 @@ def _user_columns(write: UserWrite) -> tuple[tuple[str, ...], tuple[object, ...]
         row = write.presence
         columns += ["username", "status_message", "last_status", "last_seen"]
         values += [row.username, row.status_message, row.status.value, row.last_seen]
+        shown_username, shown_message = row.shown or (None, None)
+        columns += ["shown_differs", "shown_username", "shown_status_message"]
+        values += [int(row.shown is not None), shown_username, shown_message]
     if write.visibility is not None:
         columns.append("visibility")
         values.append(write.visibility.value)
@@ -386,20 +269,3 @@ def _insert_pairs(conn: sqlite3.Connection, user_id: str, contact_ids: list[str]
     return conn.executemany(
         "INSERT OR IGNORE INTO contacts (user_id, contact_id) VALUES (?, ?)", pairs
     ).rowcount
-
-
-class StoreReader(_Queries):
-    """A read-only connection for request-time reads beside the writer.
-
-    WAL lets it read committed data while the writer holds the write lock;
-    each query sees the latest commit at the moment it starts.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-
-def open_reader(path: str | Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> StoreReader:
-    """Open ``path`` read-only; the database must exist (open the Store first)."""
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
-    return StoreReader(_connect(uri, uri=True, busy_timeout_ms=busy_timeout_ms))

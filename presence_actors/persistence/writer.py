@@ -1,21 +1,18 @@
 """PersistenceActor: the only task that writes to SQLite.
 
-Two child tasks share the work. The *batcher* owns the pending batch: it takes
-intents from the bounded intake and coalesces them. The *committer* owns the
-write connection: it commits one batch at a time in a worker thread, retries
-failures, and prunes old events. The batcher hands a batch over when it is due
-(``batch_size`` intents, ``flush_interval`` since its first intent, or a
-``flush()``) and the committer is idle; while a commit runs or is being retried,
-new intents keep coalescing into the next batch. The committer announces that it
-is idle by putting a wake-up into the intake, so the batcher only ever waits on
-one channel; a wake-up that does not fit is not needed, because a full intake
-means the batcher is about to receive and re-check anyway.
+Submitting never waits. ``submit_nowait`` coalesces the intent into the pending
+batch of the :class:`~.backlog.Backlog` on the spot (a row per user, events and
+policy changes in order, all bounded), so no actor ever stalls on the store, not
+even while it fails. The one task, the *committer*, takes the pending batch when
+it is due (``batch_size`` intents, ``flush_interval`` after its first intent, or
+a ``flush()``), commits it in a worker thread, retries a failure with backoff
+while the next batch keeps coalescing, and afterwards checkpoints the WAL once
+it has grown past ``checkpoint_bytes``, and prunes old events every
+``prune_interval``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import logging
 import math
 import sqlite3
@@ -23,11 +20,13 @@ import time
 from collections.abc import Callable
 
 import trio
-from attrs import Factory, define, frozen
+from attrs import frozen
 
 from ..config import PersistenceSettings
+from .backlog import Backlog, Flush, Held, Loss, loss_of
+from .batch import BatchResult
 from .intents import Intent
-from .store import Batch, BatchResult, Store
+from .store import Store
 
 logger = logging.getLogger("presence_actors.persistence")
 
@@ -35,13 +34,25 @@ logger = logging.getLogger("presence_actors.persistence")
 # off so that a full disk is not hammered; 5 s keeps recovery prompt.
 RETRY_INITIAL_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
-# Intents the batcher takes from the intake in one go without yielding: a few
-# microseconds each, so the event loop is never held for much over a millisecond.
-_DRAIN_LIMIT = 256
+# A stop whose deadline has passed still gets this long for a last attempt: the
+# shutdown records of sessions that ended late need one commit of milliseconds.
+LAST_ATTEMPT = 1.0
 
 
 class WriterNotRunning(RuntimeError):
     """The writer is not (or no longer) running, so it cannot accept or flush intents."""
+
+
+class WritesLost(Exception):
+    """The writer stopped with writes it could not commit; the message says which."""
+
+    def __init__(self, loss: Loss, error: str | None) -> None:
+        because = f" ({error})" if error else ""
+        super().__init__(
+            f"the store could not be written before the stop{because}: {loss.describe()}"
+            " were not committed and are lost"
+        )
+        self.loss = loss
 
 
 @frozen
@@ -56,57 +67,9 @@ class WriterStatistics:
     last_error: str | None
     last_commit_seconds: float | None
     events_pruned: int
-
-
-@define(eq=False)
-class _Flush:
-    """A ``flush()`` waiting for everything submitted before it to be committed."""
-
-    done: trio.Event = Factory(trio.Event)
-    committed: bool = False
-
-    def finish(self, *, committed: bool) -> None:
-        self.committed = committed
-        self.done.set()
-
-
-class _Wake(enum.Enum):
-    """The committer telling the batcher "I am idle": a due batch can be handed over."""
-
-    WAKE = enum.auto()
-
-
-_Item = Intent | _Flush | _Wake
-
-
-@define
-class _Pending:
-    """A batch on its way to the database, with the flushes waiting for it."""
-
-    batch: Batch = Factory(Batch)
-    flushes: list[_Flush] = Factory(list)
-    due_at: float = math.inf
-
-    def add(self, item: Intent | _Flush, now: float, flush_interval: float) -> None:
-        if isinstance(item, _Flush):
-            self.flushes.append(item)
-            return
-        if not self.batch.intents:
-            self.due_at = now + flush_interval
-        self.batch.add(item)
-
-    def is_due(self, now: float, batch_size: int) -> bool:
-        return bool(self.flushes) or self.batch.intents >= batch_size or now >= self.due_at
-
-    def finish(self, *, committed: bool) -> None:
-        for flush in self.flushes:
-            flush.finish(committed=committed)
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
+    held_bytes: int = 0
+    events_dropped: int = 0
+    checkpoints: int = 0
 
 
 class PersistenceActor:
@@ -114,13 +77,13 @@ class PersistenceActor:
 
     Ordering: intents become durable in submission order (row intents of one
     user coalesce, later columns winning); a batch is committed only after every
-    earlier one. Nothing accepted is dropped while running: failed commits are
-    retried with backoff and ``submit`` waits when the intake is full.
-    ``run()`` may be called once; before it starts and after it ends,
-    ``submit``/``submit_nowait``/``flush`` raise :class:`WriterNotRunning`.
-    ``on_commit(result, seconds)`` runs in the committer task after each
-    successful commit (``seconds`` is wall time spent in the thread); it must
-    not block, and an exception from it crashes the writer.
+    earlier one. Nothing accepted is dropped while running, except presence
+    events past the backlog's bounds (counted, and logged when the store catches
+    up or the writer stops). ``run()`` may be called once; before it starts and
+    after it ends, ``submit``/``submit_nowait``/``flush`` raise
+    :class:`WriterNotRunning`. ``on_commit(result, seconds)`` runs in the
+    committer task after each successful commit (``seconds`` is wall time spent
+    in the thread); it must not block, and an exception from it crashes the writer.
     """
 
     def __init__(
@@ -141,12 +104,15 @@ class PersistenceActor:
         self._now_ms = now_ms
         self._on_commit = on_commit
         self._shutdown_timeout = shutdown_timeout
-        self._intake_send, self._intake = trio.open_memory_channel[_Item](settings.queue_size)
-        self._state = _State.NEW
-        # Owned by the batcher while running, by run() once the children are gone.
-        self._pending = _Pending()
-        # Owned by the committer: the batch it took and has not yet committed.
-        self._in_flight: _Pending | None = None
+        self._backlog = Backlog(
+            max_items=settings.queue_size,
+            max_bytes=settings.queue_bytes,
+            flush_interval=settings.flush_interval,
+        )
+        self._due = trio.Event()  # set when the pending batch's due time changed
+        self._running = False
+        self._stopped = False
+        self._stop_deadline: float | None = None
         self._batches_committed = 0
         self._committed = BatchResult()
         self._commit_failures = 0
@@ -154,19 +120,28 @@ class PersistenceActor:
         self._last_error: str | None = None
         self._last_commit_seconds: float | None = None
         self._events_pruned = 0
+        self._checkpoints = 0
+        self._checkpoint_failing = False
+        self.loss: Loss | None = None
+        """After ``run()`` ended: what it could not commit (empty if nothing)."""
 
     @property
     def writable(self) -> bool:
         """True while running with commits succeeding (for a readiness probe)."""
-        return self._state is _State.RUNNING and not self._failing
+        return self._running and not self._failing
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store is not writable now, in a few words; None while it is."""
+        if not self._running:
+            return f"the persistence writer {'has stopped' if self._stopped else 'is not started'}"
+        return self._last_error if self._failing else None
 
     def statistics(self) -> WriterStatistics:
         """A consistent snapshot; cheap enough for every metrics scrape."""
-        in_flight = self._in_flight.batch.intents if self._in_flight else 0
-        queued = self._intake.statistics().current_buffer_used
+        backlog = self._backlog
         return WriterStatistics(
-            # Queued flush markers and wake-ups count too; close enough for a gauge.
-            pending_intents=queued + self._pending.batch.intents + in_flight,
+            pending_intents=backlog.intents,
             batches_committed=self._batches_committed,
             committed=self._committed,
             commit_failures=self._commit_failures,
@@ -174,27 +149,46 @@ class PersistenceActor:
             last_error=self._last_error,
             last_commit_seconds=self._last_commit_seconds,
             events_pruned=self._events_pruned,
+            held_bytes=backlog.bytes,
+            events_dropped=backlog.dropped_total,
+            checkpoints=self._checkpoints,
         )
 
-    async def submit(self, intent: Intent) -> None:
-        """Queue ``intent``; waits while the intake is full (backpressure).
-
-        Cancel-safe: if cancelled, the intent was not queued.
-        """
-        await self._put(intent)
-
     def submit_nowait(self, intent: Intent) -> None:
-        """Queue ``intent`` or raise ``trio.WouldBlock`` if the intake is full."""
+        """Accept ``intent`` now; never blocks and never raises ``trio.WouldBlock``.
+
+        A presence event past the backlog's bounds is dropped and counted (the
+        first drop of an episode is logged). Not a checkpoint.
+        """
         self._check_running()
-        try:
-            self._intake_send.send_nowait(intent)
-        except trio.BrokenResourceError:
-            raise WriterNotRunning("the persistence writer has stopped") from None
+        backlog = self._backlog
+        if not backlog.add(intent, trio.current_time()) and backlog.dropped == 1:
+            logger.warning(
+                "the store is behind (%s): %d events and policy changes held, %d bytes;"
+                " further presence events are dropped (and counted) until it catches up",
+                self._last_error or "commits are behind",
+                backlog.items,
+                backlog.bytes,
+            )
+        intents = backlog.pending.batch.intents
+        # The first intent starts the batch's flush_interval: the committer parks anew.
+        if intents == 1 or intents >= self._settings.batch_size:
+            self._due.set()
+
+    async def submit(self, intent: Intent) -> None:
+        """:meth:`submit_nowait`, then a checkpoint; it never waits for the store."""
+        self.submit_nowait(intent)
+        await trio.lowlevel.checkpoint()
 
     def free_slots(self) -> int:
-        """How many intents ``submit_nowait`` would accept right now."""
-        stats = self._intake_send.statistics()
-        return max(0, int(stats.max_buffer_size) - stats.current_buffer_used)
+        """How many policy changes (contacts, blocks, visibility) are accepted now.
+
+        0 while the store is failing or the writer is not running, so that such
+        changes are refused up front instead of being acknowledged and then lost.
+        """
+        if not self.writable:
+            return 0
+        return self._backlog.free_slots()
 
     async def flush(self) -> None:
         """Return once every intent submitted before this call is committed.
@@ -203,109 +197,70 @@ class PersistenceActor:
         a bound use ``trio.fail_after``. Cancelling it abandons only the wait.
         Raises :class:`WriterNotRunning` if the writer stops before the commit.
         """
-        marker = _Flush()
-        await self._put(marker)
+        self._check_running()
+        marker = Flush()
+        self._backlog.add_flush(marker)
+        self._due.set()
         await marker.done.wait()
         if not marker.committed:
             raise WriterNotRunning("the persistence writer stopped before the flush completed")
+
+    def note_failure(self, error: str) -> None:
+        """The store refused a write made outside the writer (recovery at start):
+        not writable until a commit succeeds."""
+        self._failing = True
+        self._last_error = error
+
+    def stop_at(self, deadline: float) -> None:
+        """The final flush after cancellation gives up at ``deadline`` (trio time),
+        apart from one :data:`LAST_ATTEMPT`; default: ``shutdown_timeout`` after it starts."""
+        self._stop_deadline = deadline
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; ready (``started()``) as soon as intents are accepted.
 
         On cancellation, a commit already in its thread finishes (threads are
-        never abandoned), then everything still pending, intake included, is
-        committed in order under a shielded scope bounded by ``shutdown_timeout``;
-        intents that still could not be committed are counted in an error log and
+        never abandoned), then everything still held is committed in order under
+        a shielded scope that ends at the :meth:`stop_at` deadline. What could not
+        be committed is logged in one error line and kept in :attr:`loss`;
         waiting ``flush()`` calls raise :class:`WriterNotRunning`.
         """
-        if self._state is not _State.NEW:
+        if self._running or self._stopped:
             raise RuntimeError("PersistenceActor.run() can only be called once")
-        self._state = _State.RUNNING
-        handoff_send, handoff_receive = trio.open_memory_channel[_Pending](0)
+        self._running = True
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._batch_loop, handoff_send)
-                nursery.start_soon(self._commit_loop, handoff_receive)
-                task_status.started()
+            task_status.started()
+            await self._commit_loop()
         finally:
-            self._state = _State.STOPPED
+            self._running = False
+            self._stopped = True
             await self._final_flush()
 
     def _check_running(self) -> None:
-        if self._state is _State.NEW:
-            raise WriterNotRunning("the persistence writer has not been started")
-        if self._state is _State.STOPPED:
-            raise WriterNotRunning("the persistence writer has stopped")
+        if not self._running:
+            state = "has stopped" if self._stopped else "has not been started"
+            raise WriterNotRunning(f"the persistence writer {state}")
 
-    async def _put(self, item: Intent | _Flush) -> None:
-        self._check_running()
-        try:
-            await self._intake_send.send(item)
-        except trio.BrokenResourceError:
-            raise WriterNotRunning("the persistence writer has stopped") from None
-
-    async def _batch_loop(self, handoff: trio.MemorySendChannel[_Pending]) -> None:
+    async def _commit_loop(self) -> None:
         settings = self._settings
-        # A batch stops growing at queue_size intents: with the intake as full
-        # again, at most 2 * queue_size intents wait before submit() blocks.
-        cap = settings.queue_size
-        due_size = min(settings.batch_size, cap)
+        pruning = settings.retention > 0
+        next_prune = trio.current_time() if pruning else math.inf
         while True:
-            pending = self._pending
-            now = trio.current_time()
-            committer_busy = False
-            if pending.is_due(now, due_size):
-                if pending.batch.intents >= cap:
-                    # Full: stop taking intents, so the intake fills and submit waits.
-                    await handoff.send(pending)
-                    self._pending = _Pending()
-                    continue
-                try:
-                    handoff.send_nowait(pending)  # succeeds only if the committer is idle
-                except trio.WouldBlock:
-                    committer_busy = True  # keep coalescing until the committer wakes us
-                else:
-                    self._pending = _Pending()
-                    continue
-            with trio.move_on_at(math.inf if committer_busy else pending.due_at):
-                self._take(await self._intake.receive())
-            # Take what is already queued without a trip through the scheduler per
-            # item; while the committer is idle, only up to the point the batch is due.
-            now = trio.current_time()
-            for _ in range(_DRAIN_LIMIT):
-                wanted = committer_busy or not pending.is_due(now, due_size)
-                if not wanted or pending.batch.intents >= cap:
-                    break
-                try:
-                    item = self._intake.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._take(item)
-
-    def _take(self, item: _Item) -> None:
-        if not isinstance(item, _Wake):
-            self._pending.add(item, trio.current_time(), self._settings.flush_interval)
-
-    async def _commit_loop(self, handoff: trio.MemoryReceiveChannel[_Pending]) -> None:
-        pruning = self._settings.retention > 0
-        next_prune = trio.current_time()
-        while True:
-            if pruning and trio.current_time() >= next_prune:
+            if trio.current_time() >= next_prune:
                 await self._prune()
-                next_prune = trio.current_time() + self._settings.prune_interval
-            # A due batch may be waiting for us. If the intake is full the wake is
-            # not needed: the batcher is about to receive and re-check anyway.
-            # No checkpoint between this and parking in receive() below.
-            with contextlib.suppress(trio.WouldBlock):
-                self._intake_send.send_nowait(_Wake.WAKE)
-            with trio.move_on_at(next_prune if pruning else math.inf):
-                self._in_flight = await handoff.receive()
-            if self._in_flight is not None:
-                await self._make_durable(self._in_flight)
-                self._in_flight = None
+                next_prune = trio.current_time() + settings.prune_interval
+            pending = self._backlog.pending
+            if not pending.is_due(trio.current_time(), settings.batch_size):
+                # No checkpoint between the check above and parking here.
+                self._due = trio.Event()
+                with trio.move_on_at(min(pending.due_at, next_prune)):
+                    await self._due.wait()
+                continue
+            await self._make_durable(self._backlog.take())
+            await self._checkpoint_if_due()
 
-    async def _make_durable(self, pending: _Pending) -> None:
-        """Commit ``pending``, retrying with backoff until it succeeds.
+    async def _make_durable(self, held: Held) -> None:
+        """Commit ``held``, retrying with backoff until it succeeds.
 
         Only ``sqlite3.OperationalError`` (locked, busy, full, I/O, ...) is
         retried; any other error is a bug and propagates. Cancellation during a
@@ -314,10 +269,10 @@ class PersistenceActor:
         """
         delay = RETRY_INITIAL_DELAY
         failures = 0
-        while pending.batch.intents:
+        while held.batch.intents:
             started = time.perf_counter()
             try:
-                result = await trio.to_thread.run_sync(self._store.commit, pending.batch)
+                result = await trio.to_thread.run_sync(self._store.commit, held.batch)
             except sqlite3.OperationalError as exc:
                 failures += 1
                 self._commit_failures += 1
@@ -325,7 +280,7 @@ class PersistenceActor:
                 self._last_error = str(exc)
                 logger.warning(
                     "committing %d intents failed (%s); retrying in %.1f s",
-                    pending.batch.intents,
+                    held.batch.intents,
                     exc,
                     delay,
                 )
@@ -333,18 +288,48 @@ class PersistenceActor:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
             seconds = time.perf_counter() - started
-            # Mark it committed before any checkpoint, so a cancellation arriving
-            # now cannot make the final flush write it a second time.
-            pending.batch = Batch()
+            # Settle it before any checkpoint, so a cancellation arriving now
+            # cannot make the final flush write it a second time.
+            self._backlog.settle(held)
             if failures:
                 logger.info("commit succeeded after %d failed attempts", failures)
-            self._failing = False
+            self._caught_up()
             self._batches_committed += 1
             self._committed += result
             self._last_commit_seconds = seconds
             if self._on_commit is not None:
                 self._on_commit(result, seconds)
-        pending.finish(committed=True)
+        self._backlog.settle(held)  # also a batch of flushes only
+        held.finish(committed=True)
+
+    def _caught_up(self) -> None:
+        self._failing = False
+        backlog = self._backlog
+        if backlog.dropped:
+            logger.warning(
+                "the store caught up; %d presence events were dropped while it was behind",
+                backlog.dropped,
+            )
+            backlog.dropped = 0
+
+    async def _checkpoint_if_due(self) -> None:
+        """Checkpoint and truncate the WAL once it is ``checkpoint_bytes`` or more.
+
+        A failure (a full disk: the database file cannot grow) is logged once per
+        episode and retried after the next commit; the WAL keeps every commit.
+        """
+        store = self._store
+        if store.wal_bytes() < self._settings.checkpoint_bytes:
+            return
+        try:
+            done = await trio.to_thread.run_sync(store.checkpoint)
+        except sqlite3.OperationalError as exc:
+            if not self._checkpoint_failing:
+                logger.warning("checkpointing the WAL failed (%s); retrying after commits", exc)
+            self._checkpoint_failing = True
+            return
+        self._checkpoint_failing = False
+        self._checkpoints += done
 
     async def _prune(self) -> None:
         cutoff = self._now_ms() - round(self._settings.retention * 1000)
@@ -360,27 +345,20 @@ class PersistenceActor:
         self._events_pruned += pruned
 
     async def _final_flush(self) -> None:
-        # Drain what callers queued before the state switched to STOPPED, then
-        # close the intake so senders still blocked in submit() get an error.
-        while True:
-            try:
-                item = self._intake.receive_nowait()
-            except trio.WouldBlock:
-                break
-            self._take(item)
-        self._intake.close()
-        queue = [p for p in (self._in_flight, self._pending) if p is not None]
+        backlog = self._backlog
+        now = trio.current_time()
+        deadline = self._stop_deadline
+        if deadline is None:
+            deadline = now + self._shutdown_timeout
+        queue = [h for h in (backlog.in_flight, backlog.pending) if h is not None]
         try:
-            with trio.move_on_after(self._shutdown_timeout, shield=True):
+            with trio.CancelScope(deadline=max(deadline, now + LAST_ATTEMPT), shield=True):
                 while queue:
                     await self._make_durable(queue[0])
                     queue.pop(0)
         finally:
-            lost = sum(p.batch.intents for p in queue)
-            if lost:
-                logger.error(
-                    "persistence writer stopped with %d intents not committed: they are lost",
-                    lost,
-                )
-            for pending in queue:
-                pending.finish(committed=False)
+            self.loss = loss_of(queue, backlog.dropped)
+            if self.loss:
+                logger.error("%s", WritesLost(self.loss, self._last_error))
+            for held in queue:
+                held.finish(committed=False)
