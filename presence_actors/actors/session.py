@@ -43,12 +43,14 @@ class MemoryOutbox:
     """A bounded outbox whose items wait in memory for one consumer task.
 
     At most ``capacity`` items and ``max_bytes`` bytes wait (an item's bytes
-    are its JSON: :meth:`size_of`); an item that finds nothing waiting is
-    taken whatever its size, so one answer bigger than the bound still goes
-    out. ``offer`` never blocks and returns False when full. After ``close``
-    offers are dropped, and the consumer gets what was queued, then
-    ``EndOfChannel``; ``clear`` drops what waits (a slow consumer's backlog).
-    ``receive`` is the consumer's end, shaped like a trio receive channel.
+    are its JSON: pushes carry their size, another message is encoded when
+    offered, and the consumer may take that encoding with the item:
+    ``receive_entry``); an item that finds nothing waiting is taken whatever
+    its size, so one answer bigger than the bound still goes out. ``offer``
+    never blocks and returns False when full. After ``close`` offers are
+    dropped, and the consumer gets what was queued, then ``EndOfChannel``;
+    ``clear`` drops what waits (a slow consumer's backlog). ``receive`` is the
+    consumer's end, shaped like a trio receive channel.
     """
 
     DEFAULT_MAX_BYTES = 1 << 20  # limits.outbound_bytes' default
@@ -56,20 +58,11 @@ class MemoryOutbox:
     def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._capacity = capacity
         self._max_bytes = max_bytes
-        self._items: deque[tuple[Outgoing, int]] = deque()
+        self._items: deque[tuple[Outgoing, int, bytes | None]] = deque()
         self._bytes = 0
         self._closed = False
         self._waiting = trio.lowlevel.ParkingLot()
         self.receive = MemoryOutbox.Receiver(self)
-
-    @staticmethod
-    def size_of(item: Outgoing) -> int:
-        """The bytes ``item`` stands for: its JSON (pushes carry theirs)."""
-        if isinstance(item, Push):
-            return len(item.payload)
-        if isinstance(item, PushBatch):
-            return item.size
-        return len(codec.encode_bytes(item))
 
     @property
     def queued_bytes(self) -> int:
@@ -78,11 +71,19 @@ class MemoryOutbox:
     def offer(self, item: Outgoing) -> bool:
         if self._closed:
             return True  # the session is ending; there is nobody to keep it for
-        size = self.size_of(item)
+        data: bytes | None = None
+        if isinstance(item, Push):
+            size = len(item.payload)
+        elif isinstance(item, PushBatch):
+            size = item.size
+        else:
+            # Once: a bulk answer's prepared encoding is taken by the first encode.
+            data = codec.encode_bytes(item)
+            size = len(data)
         items = self._items
         if items and (len(items) >= self._capacity or self._bytes + size > self._max_bytes):
             return False
-        items.append((item, size))
+        items.append((item, size, data))
         self._bytes += size
         self._waiting.unpark()
         return True
@@ -101,27 +102,35 @@ class MemoryOutbox:
         def __init__(self, outbox: MemoryOutbox) -> None:
             self._outbox = outbox
 
-        def receive_nowait(self) -> Outgoing:
+        def receive_entry_nowait(self) -> tuple[Outgoing, bytes | None]:
+            """The next item and its JSON (None for pushes, which carry theirs)."""
             outbox = self._outbox
             if outbox._items:
-                item, size = outbox._items.popleft()
+                item, size, data = outbox._items.popleft()
                 outbox._bytes -= size
-                return item
+                return item, data
             if outbox._closed:
                 raise trio.EndOfChannel
             raise trio.WouldBlock
 
-        async def receive(self) -> Outgoing:
-            """The next item, waiting for one; a checkpoint, like a channel's receive."""
+        def receive_nowait(self) -> Outgoing:
+            return self.receive_entry_nowait()[0]
+
+        async def receive_entry(self) -> tuple[Outgoing, bytes | None]:
+            """The next item and its JSON, waiting for one; a checkpoint, like a
+            channel's receive."""
             await trio.lowlevel.checkpoint_if_cancelled()
             while True:
                 try:
-                    item = self.receive_nowait()
+                    entry = self.receive_entry_nowait()
                 except trio.WouldBlock:
                     await self._outbox._waiting.park()
                     continue
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return item
+                return entry
+
+        async def receive(self) -> Outgoing:
+            return (await self.receive_entry())[0]
 
         def __aiter__(self) -> MemoryOutbox.Receiver:
             return self

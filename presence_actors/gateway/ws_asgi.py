@@ -55,8 +55,12 @@ class AsgiConnection:
         nursery.start_soon(self._writer)
 
     async def _writer(self) -> None:
-        async for item in self.outbox.receive:
-            await self._write(item)
+        while True:
+            try:
+                item, data = await self.outbox.receive.receive_entry()
+            except trio.EndOfChannel:
+                return
+            await self._write(item, data)
 
     def begin_close(self, code: int | None, reason: str) -> None:
         """The latch: the outbox takes nothing more; a slow consumer's backlog is dropped."""
@@ -86,19 +90,23 @@ class AsgiConnection:
         with trio.move_on_at(self._deadline):
             while True:
                 try:
-                    item = self.outbox.receive.receive_nowait()
+                    item, data = self.outbox.receive.receive_entry_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                await self._write(item)
+                await self._write(item, data)
         with trio.move_on_after(FINISH_TIMEOUT):
             await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
-    async def _write(self, item: Outgoing) -> None:
+    async def _write(self, item: Outgoing, data: bytes | None = None) -> None:
+        """Send one item; ``data`` is its JSON when the outbox measured it (not twice)."""
         if isinstance(item, PushBatch):
             for push in item.pushes:
                 await self._write(push)
             return
-        text = item.frame if isinstance(item, Push) else codec.encode(item)
+        if isinstance(item, Push):
+            text = item.frame
+        else:
+            text = data.decode() if data is not None else codec.encode(item)
         count_out(self._metrics, item)
         # Shielded: a send cancelled half-way loses the frame inside hypercorn
         # (the frame is encoded before the socket lock is taken). Cancellation
