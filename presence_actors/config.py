@@ -233,6 +233,11 @@ class LimitSettings:
     # A session over its rate for this long is closed (1008).
     abuse_window: Duration = 5.0
     outbound_queue: Count = 1000
+    # Bytes waiting behind the frame being written before a session counts as a
+    # slow consumer (1013); see config.toml for why this value.
+    outbound_bytes: Count = 1 << 20
+    # Frames one WebSocket message may be split into (frames.MAX_FRAGMENTS).
+    max_fragments: Count = 1024
     status_changes_per_10s: Count = 10
     max_subscriptions: Count = 5000
     max_ids_per_request: Count = 1000

@@ -204,7 +204,8 @@ class PresenceGrpcService(PresenceService):
             expires = self._expiry(viewer)
             capacity = self._settings.limits.outbound_queue
             watcher_id = viewer.user_id or ANONYMOUS
-            async with open_watcher(self._engine, watcher_id, capacity) as watcher:
+            max_bytes = self._settings.limits.outbound_bytes
+            async with open_watcher(self._engine, watcher_id, capacity, max_bytes) as watcher:
                 self._streams.add(watcher.handle)
                 try:
                     state = await watcher.subscribe(targets)

@@ -32,6 +32,7 @@ from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .admission import REFUSAL, Admission, accept_forever
+from .handshake import request_path
 from .websocket import WebSocketGateway
 
 log = logging.getLogger("presence_actors.listener")
@@ -42,18 +43,22 @@ _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 
 
 def is_direct_upgrade(head: bytes) -> bool:
-    """A complete ``GET /ws`` HTTP/1.1 request head asking for a WebSocket."""
+    """A complete ``GET /ws`` HTTP/1.1 request head asking for a WebSocket.
+
+    The target may be in origin-form (``/ws?...``) or absolute-form
+    (``http://host:port/ws?...``, RFC 7230 5.3.2); the handshake itself is
+    checked by :func:`handshake.accept_upgrade`, which answers what is wrong.
+    """
     end = head.find(b"\r\n\r\n")
     if end < 0:
         return False
     line_end = head.find(b"\r\n")
     method, _, rest = head[:line_end].partition(b" ")
     target, _, version = rest.partition(b" ")
-    path = target.split(b"?", 1)[0]
     return (
         method == b"GET"
         and version == b"HTTP/1.1"
-        and path == b"/ws"
+        and request_path(target.decode("latin-1")) == "/ws"
         and _UPGRADE.search(head[line_end : end + 2]) is not None
     )
 
