@@ -132,11 +132,15 @@ class UserActor:
     async def _handle(self, message: ActorMessage) -> None:
         state, now, rules = self.state, trio.current_time(), self._rules
         if isinstance(message, Tick):
+            if rules.before_transition is not None:
+                rules.before_transition(state.user_id, message)
             await self._apply(rules_.expire(state, now, rules))  # a no-op if nothing is due
             return
         if not isinstance(message, Told):
             self.processed += 1
         try:
+            if rules.before_transition is not None:
+                rules.before_transition(state.user_id, message)
             match message:
                 case Attach(session):
                     outcome = rules_.attach(state, session, now, rules)

@@ -12,6 +12,7 @@ last state it committed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from attrs import define, frozen
 
@@ -56,6 +57,10 @@ class Rules:
     away_after: float = 300.0
     max_sessions: int = 10
     pushes_per_window: int = 10
+    # A testing seam (open_engine's ``seams``): called with the user id and the
+    # message before each transition of a user actor; what it raises crashes the
+    # actor there, like a bug in a transition. None in a server.
+    before_transition: Callable[[str, object], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: WallClock) -> Rules:
