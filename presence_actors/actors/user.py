@@ -108,8 +108,10 @@ class UserActor:
 
         Each message is applied completely (state, then effects in order) before
         the next. An exception leaves ``self.state`` at the last committed
-        state, so calling ``run`` again resumes from there.
+        state, so calling ``run`` again resumes from there, timers included: a
+        restart sets the alarm again (the crash may have spent the one that rang).
         """
+        self._alarms.ensure(self.state.user_id, self.deadline, self)
         while True:
             try:
                 message = await self._inbox.receive()
@@ -151,11 +153,14 @@ class UserActor:
                 case Request(session, body) | Told(session, body):
                     outcome = rules_.request(state, session, body, now, rules)
         except Exception:
-            if isinstance(message, Request | Told):
+            if isinstance(message, Request | Told | Attach):
+                # An attach refused this way is the session's first message: its
+                # transport closes it, rather than wait for a welcome for ever.
+                request = None if isinstance(message, Attach) else message.message.request_id
                 message.session.deliver(
                     Error(
                         timestamp=rules.clock.ms(now),
-                        request_id=message.message.request_id,
+                        request_id=request,
                         code=ErrorCode.INTERNAL,
                         message="internal error; the request was not applied",
                     )
