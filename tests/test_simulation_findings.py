@@ -15,10 +15,18 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from presence_actors.actors import Seams, ViewsQuery, WallClock, open_engine
+from presence_actors.actors import (
+    MemoryOutbox,
+    Seams,
+    SessionHandle,
+    ViewsQuery,
+    WallClock,
+    open_engine,
+    user_state,
+)
 from presence_actors.actors.messages import Attach, Tick
 from presence_actors.actors.session import CLOSE_HEARTBEAT_TIMEOUT
-from presence_actors.model import Status
+from presence_actors.model import DeviceType, Status, UserView
 from presence_actors.protocol import Error, ErrorCode, Heartbeat
 
 from .engine_harness import EPOCH, FakeTransport, connect, make_settings, settle
@@ -104,3 +112,40 @@ async def test_a_crash_while_attaching_refuses_the_session_instead_of_leaving_it
         [view] = await engine.ask(ViewsQuery("alice", ("alice",)))
         assert sorted(d.device_id for d in view.devices) == ["laptop", "phone"]
 
+
+
+def test_a_held_push_goes_out_when_its_window_ends_whatever_the_float_rounding() -> None:
+    """Found by ``simulate --faults all`` (seed 6, 4000 steps, 8 users): a user past
+    its flap limit has its push held until ``first push + 10 s``. At that moment
+    the window was tested as ``t > now - 10``, and for ``t = 10.211331103095945``
+    ``(t + 10) - 10`` rounds below ``t``: the first push still counted, the push
+    was held again until the same moment, and the alarm rang the actor again at
+    once, for ever. Under MockClock the engine livelocked (virtual time never
+    moved again); on a real clock it spun until the clock ticked. Fails on
+    8215680: the push is held again, due at ``now``."""
+    clock = WallClock(EPOCH)
+    rules = user_state.Rules(clock)
+    first = 10.211331103095945
+    now = first + user_state.PUSH_WINDOW
+    assert now - user_state.PUSH_WINDOW < first  # the rounding that split them
+    handle = SessionHandle("s1", "alice", "d1", DeviceType.WEB, MemoryOutbox(10))
+    session = user_state.SessionState(handle, Status.BUSY, now - 1, now - 1)
+    view = UserView("alice", Status.BUSY, None, None, clock.ms(now - 1))
+    held = user_state.UserState(
+        user_id="alice",
+        sessions=(session,),
+        seen_active=clock.ms(now - 1),
+        seen_alive=clock.ms(now - 1),
+        shown=view,
+        pushed=(Status.ONLINE, None, None),
+        pushed_public=(Status.ONLINE, None, None),
+        push_times=tuple(first + i * 0.5 for i in range(10)),
+        push_due=now,
+    )
+    assert user_state.next_deadline(held, now, rules) == now
+    state, effects = user_state.expire(held, now, rules)
+    assert state.push_due is None
+    assert user_state.next_deadline(state, now, rules) > now
+    [publish] = [e for e in effects if isinstance(e, user_state.Publish)]
+    assert publish.push_public
+    assert publish.view.status is Status.BUSY

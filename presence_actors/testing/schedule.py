@@ -136,7 +136,7 @@ _FAULT_WEIGHTS = {
 # Moments: most events follow each other closely (mean MEAN_GAP s); some arrive
 # at the same moment as the one before (handled together: their interleaving is
 # the scheduler's); now and then a long quiet lets every timer run out.
-MEAN_GAP = 0.3
+MEAN_GAP = 0.05
 SAME_MOMENT = 0.15
 QUIET = 0.004
 QUIET_SECONDS = (45.0, 120.0)

@@ -169,8 +169,7 @@ class Simulation:
                     counters.skipped += 1
                 index += 1
             await world.heartbeats(now)
-            await self._settle(world)
-            world.check(now)
+            await self._checked(world, now)
         return index, None
 
     async def _advance(self, world: World, until: float) -> None:
@@ -185,8 +184,7 @@ class Simulation:
             now = trio.current_time()
             world.truth.advance(now)
             await world.heartbeats(now)
-            await self._settle(world)
-            world.check(now)
+            await self._checked(world, now)
 
     async def _settle(self, world: World) -> None:
         """Until every task waits and nothing more is to be done by the clients."""
@@ -197,19 +195,25 @@ class Simulation:
             while world.reactions:
                 await world.reactions.popleft()()
 
+    async def _checked(self, world: World, now: float) -> None:
+        """The end of a moment: settle, check, and settle what the checks asked for
+        (the engine's word on a privacy change whose answer never came)."""
+        await self._settle(world)
+        world.check(now)
+        if world.reactions:
+            await self._settle(world)
+
     async def _finish(self, world: World, engine: Engine) -> None:
         """Every session ends; once every timer has run out nobody may be left."""
         for session in list(world.sessions.values()):
             if not session.closed:
                 await world.drop(session)
-        await self._settle(world)
         world.truth.advance(trio.current_time())
-        world.check(trio.current_time())
+        await self._checked(world, trio.current_time())
         await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN)
         now = trio.current_time()
         world.truth.advance(now)
-        await self._settle(world)
-        world.check(now)
+        await self._checked(world, now)
         stats = engine.registry.answer(StatsQuery())
         world.counters.checks += 1
         if stats.online_users or stats.sessions or stats.actors:
