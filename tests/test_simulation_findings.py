@@ -27,7 +27,14 @@ from presence_actors.actors import (
 from presence_actors.actors.messages import Attach, Tick
 from presence_actors.actors.session import CLOSE_HEARTBEAT_TIMEOUT
 from presence_actors.model import DeviceType, Status, UserView
-from presence_actors.protocol import Error, ErrorCode, Heartbeat
+from presence_actors.protocol import (
+    Error,
+    ErrorCode,
+    Heartbeat,
+    HeartbeatAck,
+    SetStatus,
+    StatusUpdated,
+)
 
 from .engine_harness import EPOCH, FakeTransport, connect, make_settings, settle
 
@@ -149,3 +156,35 @@ def test_a_held_push_goes_out_when_its_window_ends_whatever_the_float_rounding()
     [publish] = [e for e in effects if isinstance(e, user_state.Publish)]
     assert publish.push_public
     assert publish.view.status is Status.BUSY
+
+
+async def test_a_held_push_reaches_the_session_whose_later_request_joined_it(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Found by ``simulate --faults all`` (seed 1, 2000 steps, 8 users, shrunk to
+    44 events): past the flap limit, alice's phone changed her status message; the
+    push was held, and her laptop's active heartbeat then joined the held change
+    and became its cause. When the held push went out it skipped the laptop (the
+    cause "got the reply"), but the laptop's reply was a heartbeat_ack: it never
+    learned the new message. Fails on 8215680: the laptop is pushed nothing."""
+    settings = make_settings(tmp_path)
+    async with open_engine(settings, clock=WallClock(EPOCH)) as engine:
+        phone = await connect(engine, "alice", "phone")
+        laptop = await connect(engine, "alice", "laptop")
+        # Ten pushed changes within ten seconds reach the flap limit.
+        for i in range(10):
+            await phone.send(SetStatus(status=Status.ONLINE, status_message=f"m{i}"))
+            await phone.expect(StatusUpdated)
+            await trio.sleep(0.1)
+        await settle()
+        laptop.drain()
+        await phone.send(SetStatus(status=Status.ONLINE, status_message="lunch"))
+        await phone.expect(StatusUpdated)
+        await settle()
+        assert laptop.pushes("alice") == []  # held back by the flap limit
+        await laptop.send(Heartbeat(active=True))
+        await laptop.expect(HeartbeatAck)
+        await trio.sleep(10)
+        pushed = laptop.pushes("alice")
+        assert pushed, "the laptop never learned the new status message"
+        assert pushed[-1].view.status_message == "lunch"

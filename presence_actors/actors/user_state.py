@@ -601,6 +601,11 @@ def _finish(
     if own_part == state.pushed and public_part == state.pushed_public:
         state.push_due = state.push_cause = None
     else:
+        if state.push_due is not None and state.push_cause is not cause:
+            # A held push carries changes of other sessions (or of none) too: the
+            # session that caused only the latest learned nothing of them from its
+            # reply, so nobody is skipped.
+            cause = None
         # At most pushes_per_window times are kept, so this stays small. The same
         # expression as push_due below: `t > now - PUSH_WINDOW` rounds differently,
         # and kept the first push in the window at the very moment it was due to

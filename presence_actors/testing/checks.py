@@ -37,6 +37,9 @@ class ViewLag:
     def __len__(self) -> int:
         return len(self._since)
 
+    def __bool__(self) -> bool:
+        return bool(self._since)
+
     def differ(self, pair: Pair, since: float) -> None:
         if pair not in self._since:
             self._since[pair] = since

@@ -93,6 +93,7 @@ class Truth:
         self._armed: dict[str, float] = {}
         # Users whose truth may have changed, with the earliest moment it did.
         self.changed: dict[str, float] = {}
+        self._online: set[str] = set()
 
     # --- reading -----------------------------------------------------------------
 
@@ -125,8 +126,9 @@ class Truth:
         user = self.users[user_id]
         return user.last_seen if self.status(user_id, now) is Status.OFFLINE else user.seen_active
 
-    def online(self, now: float) -> list[str]:
-        return [u for u in self.users if self.status(u, now) is not Status.OFFLINE]
+    def online(self) -> list[str]:
+        """The users shown online (any status but offline), as of the last change."""
+        return sorted(self._online)
 
     # --- what the engine accepted ------------------------------------------------------
 
@@ -229,6 +231,7 @@ class Truth:
         kept of it (a user it does not know is new)."""
         self._alarms.clear()
         self._armed.clear()
+        self._online.clear()
         for user_id in self.users:
             profile = stored.get(user_id, StoredProfile())
             self.users[user_id] = TrueUser(
@@ -307,9 +310,11 @@ class Truth:
         if status is not Status.OFFLINE:
             user.face = (user.username, user.message)
             user.was_offline = False
+            self._online.add(user.user_id)
         elif not user.was_offline:
             user.was_offline = True
             user.last_seen = user.seen_alive or user.last_seen
+            self._online.discard(user.user_id)
         if user.user_id not in self.changed:
             self.changed[user.user_id] = now
         self._arm(user, now)

@@ -73,6 +73,11 @@ from .truth import HIDDEN, KnownPolicy, Part, Timing, TruePolicy, Truth
 
 Reaction = Callable[[], Awaitable[object]]
 
+# Clients' heartbeats go out on a grid of this many seconds, each up to that much
+# after it is due: one moment for many heartbeats instead of one each (a moment
+# costs a few scheduler rounds). Well within the slack of heartbeat_timeout.
+HEARTBEAT_GRID = 1.0
+
 
 class SimulatedCrash(Exception):
     """Raised in a user actor by the crash fault (its supervisor restarts it)."""
@@ -125,6 +130,7 @@ class World:
         self._crashes: dict[str, deque[float]] = {}
         self._crashed: set[str] = set()  # request ids, and "attach:<session id>"
         self._refused: set[int] = set()  # sessions the truth refused (too many)
+        self._unwelcomed: set[SimSession] = set()  # attached, neither welcomed nor closed
         self._count = -1  # the online count last checked
         self.epoch_start = 0
 
@@ -163,6 +169,7 @@ class World:
                 truth.remove(user_id, device, number, now, logout=False)
             case Seen():
                 truth.heard(user_id, device, number, now, active=True)
+                self._knows_own_status(session, now)
             case Request(message=body) | Told(message=body):
                 match body:
                     case SetStatus(status=status, status_message=text, scope=scope):
@@ -174,6 +181,14 @@ class World:
                         truth.remove(user_id, device, number, now, logout=True)
                     case _:  # activity, an active heartbeat
                         truth.heard(user_id, device, number, now, active=True)
+                        self._knows_own_status(session, now)
+
+    def _knows_own_status(self, session: SimSession, now: float) -> None:
+        """Activity that brings its user back from away is not pushed to the session
+        that made it (PROTOCOL_NOTES: it "got the reply"; the page asks for its own
+        row instead): that client knows its status, nothing more."""
+        status = self.truth.status(session.user_id, now)
+        self.told_own(session, lambda known: (status, known[1], known[2]))
 
     def delivered(self, session: SimSession, item: Outgoing) -> None:
         if isinstance(item, Push):
@@ -255,6 +270,7 @@ class World:
             self._numbers += 1
             new = SimSession(self, event.user, event.device, self._numbers)
             self.sessions[key] = new
+            self._unwelcomed.add(new)
             self._by_handle[new.handle] = new
             await engine.attach(new.handle)
             return True
@@ -334,7 +350,10 @@ class World:
             await self._send(engine, session, exchanges.HEARTBEAT, now)
 
     def next_heartbeat(self) -> float:
-        return self._heartbeats[0][0] if self._heartbeats else math.inf
+        """When the next heartbeats go out: those due within a second go together."""
+        if not self._heartbeats:
+            return math.inf
+        return math.ceil(self._heartbeats[0][0] / HEARTBEAT_GRID) * HEARTBEAT_GRID
 
     async def _admin(
         self,
@@ -542,6 +561,7 @@ class World:
 
     def begin_epoch(self, state: StoreState) -> None:
         """The process starts on a store holding ``state``: nobody is connected."""
+        self._unwelcomed.clear()
         self.truth.restarted(state.profiles())
         self.policy.reset(state.policy(self.settings.presence.default_visibility))
         self.ledger.begin(
@@ -579,6 +599,12 @@ class World:
     def check(self, now: float) -> None:
         """Every request answered; views compared with the truth where either changed;
         differences older than the bound reported."""
+        happened = self.pending or self._unwelcomed or self.truth.changed or self._dirty
+        engine = self.engine
+        if not (happened or self.lag) and (
+            engine is None or engine.registry.directory.online == self._count
+        ):
+            return  # nothing happened that a check could see
         for rid, pending in list(self.pending.items()):
             del self.pending[rid]
             asker = pending.session
@@ -587,10 +613,11 @@ class World:
             elif pending.kind in ("privacy", "block"):
                 self.policy.withdraw(rid)
                 self.reactions.append(partial(self.resolve_policy, asker.user_id))
-        for waiting in self.sessions.values():
+        for waiting in sorted(self._unwelcomed, key=lambda s: s.number):
             if not waiting.welcomed and not waiting.closed:
                 waiting.closed = True
                 self.violation("reply", f"{waiting!r} was never welcomed (nor refused)")
+        self._unwelcomed.clear()
         self._check_count(now)
         cache: dict[str, tuple[Part, Part]] = {}
         for user_id, since in self.truth.changed.items():
@@ -620,7 +647,7 @@ class World:
             return
         self._count = count
         self.counters.checks += 1
-        online = self.truth.online(now)
+        online = self.truth.online()
         if count != len(online):
             shown = sorted(v.user_id for v in self.engine.registry.directory.views() if v.online)
             self.violation(
