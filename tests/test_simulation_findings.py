@@ -30,8 +30,10 @@ from presence_actors.model import DeviceType, Status, UserView
 from presence_actors.protocol import (
     Error,
     ErrorCode,
+    GetPresence,
     Heartbeat,
     HeartbeatAck,
+    Presence,
     SetStatus,
     StatusUpdated,
 )
@@ -188,3 +190,33 @@ async def test_a_held_push_reaches_the_session_whose_later_request_joined_it(
         pushed = laptop.pushes("alice")
         assert pushed, "the laptop never learned the new status message"
         assert pushed[-1].view.status_message == "lunch"
+
+
+async def test_a_watcher_that_read_a_held_change_is_pushed_the_state_that_followed(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Found by ``simulate --faults all`` (seed 19, 3000 steps, 8 users, shrunk to
+    24 events): past the flap limit, alice's change is held back from pushes but
+    answers show it at once; a watcher that connected then read it. When alice
+    came back to the state last pushed, nothing was pushed ("nothing visible
+    changed" for watchers that had seen only pushes), and that watcher showed the
+    held state for good. Fails on 8215680: the late watcher still shows alice away."""
+    settings = make_settings(tmp_path)
+    async with open_engine(settings, clock=WallClock(EPOCH)) as engine:
+        alice = await connect(engine, "alice")
+        for i in range(9):  # with the connect, ten pushed changes: the flap limit
+            await alice.send(SetStatus(status=Status.ONLINE, status_message=f"m{i}"))
+            await alice.expect(StatusUpdated)
+            await trio.sleep(0.1)
+        await alice.send(SetStatus(status=Status.AWAY))  # held back
+        await alice.expect(StatusUpdated)
+        late = await connect(engine, "late")
+        await late.send(GetPresence(user_ids=("alice",)))
+        [seen] = (await late.expect(Presence)).users
+        assert seen.status is Status.AWAY  # answers show the current state
+        await alice.send(SetStatus(status=Status.ONLINE))  # back to what was pushed
+        await alice.expect(StatusUpdated)
+        await trio.sleep(11)
+        pushed = late.pushes("alice")
+        assert pushed, "the late watcher still shows alice away"
+        assert pushed[-1].view.status is Status.ONLINE

@@ -66,7 +66,7 @@ class SimSession:
         self.subscriptions: set[str] = set()
         offer: Callable[[Outgoing], None] = self._offer(listener)
         close: Callable[[int, str], None] = self._close(listener)
-        self.handle = SessionHandle(
+        self.handle = _Handle(
             session_id=f"s{number}",
             user_id=self.user_id,
             device_id=self.device,
@@ -94,6 +94,16 @@ class SimSession:
 
     def __repr__(self) -> str:
         return f"{self.user_id}/{self.device}#{self.number}"
+
+
+class _Handle(SessionHandle):
+    """A session handle hashed by its session id, not its address: the engine keeps
+    sessions in sets, and their order must not depend on where memory was given."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self.session_id)
 
 
 class _Outbox:

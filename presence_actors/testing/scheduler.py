@@ -58,6 +58,34 @@ def seeded_scheduling(seed: int) -> Iterator[None]:
         _run._r.setstate(state)
 
 
+class Watchdog(trio.abc.Instrument):
+    """Cancels ``scope`` when trio's clock stops moving: a livelock.
+
+    Under MockClock time passes only when every task waits; tasks that keep
+    waking each other at one moment (an alarm ringing an actor whose deadline
+    never moves, say) hang the run. After ``rounds`` scheduler rounds at one
+    moment (a busy moment takes a few dozen), the run is stopped and
+    :attr:`stuck_at` says when.
+    """
+
+    def __init__(self, rounds: int = 100_000) -> None:
+        self.rounds = rounds
+        self.scope: trio.CancelScope | None = None
+        self.stuck_at: float | None = None
+        self._at = math.nan
+        self._count = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        now = trio.current_time()
+        if now != self._at:
+            self._at, self._count = now, 0
+            return
+        self._count += 1
+        if self._count == self.rounds and self.scope is not None:
+            self.stuck_at = now
+            self.scope.cancel()
+
+
 class StoreFailure(sqlite3.OperationalError):
     """An injected commit failure (the writer retries it like any OperationalError)."""
 

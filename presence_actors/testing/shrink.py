@@ -1,10 +1,12 @@
 """Shrinking: the fewest events that still make the same invariant fail.
 
 Delta debugging (Zeller's ddmin) over a schedule's events: drop halves, then
-quarters, ..., keep any smaller schedule that still fails the same way, then
-try each remaining event alone. Each candidate is a whole new run (its own
-engine, clock and seeded scheduler), and the number of runs is bounded, not
-the time they take, so the result is the same on every machine.
+quarters, ..., keep any smaller schedule that still fails the same way, down to
+trying each remaining event alone; it starts from the events up to the first
+violation, if those alone still fail. Each candidate is a
+whole new run (its own engine, clock and seeded scheduler), and the number of
+runs is bounded, not the time they take, so the result is the same on every
+machine.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from .report import Result
 from .schedule import Schedule
 
 # Enough to bring a few thousand events down to a handful (ddmin needs about
-# n log n runs at worst for n events left); each run replays only a prefix.
-MAX_RUNS = 300
+# n log n runs at worst for n events left); most runs replay short prefixes.
+MAX_RUNS = 250
 
 
 def shrink(
@@ -25,45 +27,42 @@ def shrink(
     run: Callable[[Schedule], Result],
     max_runs: int = MAX_RUNS,
 ) -> tuple[Schedule, Result]:
-    """A smaller schedule failing the first invariant ``failing`` broke, and its result.
-
-    Events after the first violation cannot have caused it, so the search starts
-    from those up to it.
-    """
+    """A smaller schedule failing the invariant ``failing`` broke first, and its result."""
     first = failing.first
     assert first is not None, "shrink a failing result"
+    invariant = first.invariant
     runs = 0
-    best, best_result = schedule, failing
+    numbers = [n for n in schedule.numbers if n <= first.step] or list(schedule.numbers)
 
-    def fails(candidate: Schedule) -> bool:
-        nonlocal runs, best, best_result
+    def attempt(candidate: list[int]) -> list[int] | None:
+        """The events still needed if ``candidate`` fails the same way, else None."""
+        nonlocal runs
         runs += 1
-        result = run(candidate)
-        if result.first is not None and result.first.invariant == first.invariant:
-            if len(candidate) < len(best):
-                best, best_result = candidate, result
-            return True
-        return False
+        violation = run(schedule.only(candidate)).first
+        if violation is None or violation.invariant != invariant:
+            return None
+        return candidate
 
-    prefix = [n for n in schedule.numbers if n <= first.step]
-    if len(prefix) < len(schedule) and fails(schedule.only(prefix)):
-        numbers = prefix
-    else:
-        numbers = list(schedule.numbers)
+    if len(numbers) < len(schedule):
+        numbers = attempt(numbers) or list(schedule.numbers)
     parts = 2
     while len(numbers) >= 2 and runs < max_runs:
         size = -(-len(numbers) // parts)
-        chunks = [numbers[i : i + size] for i in range(0, len(numbers), size)]
-        for chunk in chunks:
+        for start in range(0, len(numbers), size):
             if runs >= max_runs:
                 break
-            rest = [n for n in numbers if n not in set(chunk)]
-            if rest and fails(schedule.only(rest)):
-                numbers = rest
+            removed = set(numbers[start : start + size])
+            rest = [n for n in numbers if n not in removed]
+            kept = attempt(rest) if rest else None
+            if kept is not None:
+                numbers = kept
                 parts = max(parts - 1, 2)
                 break
         else:
             if parts >= len(numbers):
                 break
             parts = min(len(numbers), parts * 2)
-    return best, best_result
+    if len(numbers) == len(schedule):
+        return schedule, failing
+    best = schedule.only(numbers)
+    return best, run(best)

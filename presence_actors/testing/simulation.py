@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from . import events as ev
 from .epochs import StoreState, read_store
 from .report import Counters, Result
 from .schedule import Schedule, generate
-from .scheduler import InlineStore, seeded_scheduling
+from .scheduler import InlineStore, Watchdog, seeded_scheduling
 from .world import World
 
 # Trio time t is unix second EPOCH + t in every timestamp the engine makes.
@@ -91,17 +92,44 @@ class Simulation:
                 seeded_scheduling(schedule.seed),
             ):
                 clock = trio.testing.MockClock(autojump_threshold=0)
-                trio.run(self._main, schedule, result, Path(tmp), clock=clock)
+                watchdog = Watchdog()
+                trio.run(
+                    self._main,
+                    schedule,
+                    result,
+                    Path(tmp),
+                    watchdog,
+                    clock=clock,
+                    instruments=[watchdog],
+                )
         finally:
             quiet.setLevel(level)
         result.wall_seconds = time.perf_counter() - started
         return result
 
-    async def _main(self, schedule: Schedule, result: Result, tmp: Path) -> None:
+    async def _main(
+        self, schedule: Schedule, result: Result, tmp: Path, watchdog: Watchdog
+    ) -> None:
         clock = WallClock(EPOCH)
         store = InlineStore()
         world = World(self.settings, schedule.users, clock, result.counters, store)
         seams = Seams(run_blocking=store, before_transition=world.before_transition)
+        with trio.CancelScope() as watchdog.scope:
+            await self._epochs(schedule, world, clock, seams, tmp)
+        if watchdog.stuck_at is not None:
+            world.violation(
+                "engine",
+                f"livelock: the clock stopped at {watchdog.stuck_at:.6f}, tasks waking"
+                f" each other for {watchdog.rounds} scheduler rounds",
+            )
+        result.violations = world.violations
+        result.virtual_seconds = trio.current_time()
+
+    async def _epochs(
+        self, schedule: Schedule, world: World, clock: WallClock, seams: Seams, tmp: Path
+    ) -> None:
+        """Start the process, play until it stops, start it again ..., to the end."""
+        counters = world.counters
         path = tmp / "presence-0.db"
         timeline = list(zip(schedule.numbers, schedule.events, strict=True))
         index = 0
@@ -128,6 +156,10 @@ class Simulation:
             except* RestartIntensityExceeded as group:
                 world.violation("engine", f"the engine stopped: {group.exceptions[0]}")
                 failed = True
+            except* Exception as group:
+                error = group.exceptions[0]
+                world.violation("engine", f"the engine failed: {_where(error)}")
+                failed = True
             world.engine = None
             stopped = trio.current_time()
             if failed:
@@ -138,10 +170,8 @@ class Simulation:
                 )
             if restart is None:
                 break
-            result.counters.restarts += 1
+            counters.restarts += 1
             epoch += 1
-        result.violations = world.violations
-        result.virtual_seconds = trio.current_time()
 
     async def _play(
         self, world: World, timeline: list[tuple[int, ev.Event]], index: int
@@ -207,7 +237,12 @@ class Simulation:
             await self._settle(world)
 
     async def _finish(self, world: World, engine: Engine) -> None:
-        """Every session ends; once every timer has run out nobody may be left."""
+        """Quiet: the clients stay and heartbeat until every view had time to catch up.
+        Then every session ends; once every timer has run out nobody may be left."""
+        await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN)
+        now = trio.current_time()
+        world.truth.advance(now)
+        await self._checked(world, now)
         for session in list(world.sessions.values()):
             if not session.closed:
                 await world.drop(session)
@@ -248,6 +283,15 @@ class Simulation:
             if os.path.exists(f"{path}{suffix}"):  # noqa: ASYNC240
                 shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
         return copy
+
+
+def _where(error: BaseException) -> str:
+    """``Type: message (file:line)`` of where an exception was raised."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    frames = traceback.extract_tb(error.__traceback__)
+    place = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{place}"
 
 
 def _fast_dir() -> str | None:

@@ -132,6 +132,7 @@ class World:
         self._refused: set[int] = set()  # sessions the truth refused (too many)
         self._unwelcomed: set[SimSession] = set()  # attached, neither welcomed nor closed
         self._count = -1  # the online count last checked
+        self._sorted = 0  # violations before this index are in their final order
         self.epoch_start = 0
 
     def violation(self, invariant: str, detail: str) -> None:
@@ -593,6 +594,7 @@ class World:
         ):
             self.violation("audit", problem)
         self.counters.checks += 2 * len(self.user_ids)
+        self._sorted = len(self.violations)
 
     # --- checks at the end of each moment ------------------------------------------------
 
@@ -628,6 +630,14 @@ class World:
             if user_id in session.views:
                 self._compare(session, user_id, now, now, cache)
         self._dirty.clear()
+        self._overdue(now, cache)
+        # Found in the order the engine offered things: reported in a stable order.
+        self.violations[self._sorted :] = sorted(
+            self.violations[self._sorted :], key=lambda v: (v.invariant, v.detail)
+        )
+        self._sorted = len(self.violations)
+
+    def _overdue(self, now: float, cache: dict[str, tuple[Part, Part]]) -> None:
         for (late, user_id), since in self.lag.overdue(now):
             assert isinstance(late, SimSession)
             got = late.views.get(user_id)
