@@ -187,10 +187,8 @@ def answered(world: World, session: SimSession, item: ServerMessage) -> None:
                 )
             message = item.status_message
             world.told_own(session, lambda known: (effective, message, known[2]))
-            world.acknowledged_profile(session.user_id, now)
         case Identified(username=username):
             world.told_own(session, lambda known: (known[0], known[1], username))
-            world.acknowledged_profile(session.user_id, now)
         case PrivacyUpdated() | Blocked() | Unblocked():
             world.confirm(rid, (session.user_id,))
         case PresenceState(users=users) | Presence(users=users) | AllUsers(users=users):

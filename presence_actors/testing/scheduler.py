@@ -106,6 +106,10 @@ class InlineStore:
         self.delay = 0.0
         self.commits = 0
         self.failures = 0
+        # Whether the last commit failed (the writer is "not writable" until one
+        # succeeds), and when the first success after failures came.
+        self.failing = False
+        self.recovered_at = -math.inf
 
     async def __call__(self, fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -115,9 +119,13 @@ class InlineStore:
                     await trio.sleep(self.delay)
             if trio.current_time() < self.failing_until:
                 self.failures += 1
+                self.failing = True
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise StoreFailure("disk I/O error (injected by the simulation)")
             self.commits += 1
+            if self.failing:
+                self.failing = False
+                self.recovered_at = trio.current_time()
         result = fn(*args)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result

@@ -243,7 +243,7 @@ class Simulation:
         now = trio.current_time()
         world.truth.advance(now)
         await self._checked(world, now)
-        for session in list(world.sessions.values()):
+        for session in world.open_sessions():
             if not session.closed:
                 await world.drop(session)
         world.truth.advance(trio.current_time())
@@ -269,7 +269,7 @@ class Simulation:
         the shutdown), or killed (only what is committed survives: the files as
         they are now, copied before the engine's own stop writes anything)."""
         world.stopping = True
-        for session in list(world.sessions.values()):
+        for session in world.open_sessions():
             if not session.closed:
                 if restart.kill:
                     session.closed = session.handle.closing = True

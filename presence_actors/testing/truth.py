@@ -367,12 +367,13 @@ class TruePolicy:
 
 
 class KnownPolicy:
-    """The policy as answered (``confirmed``), and with the changes still waiting for
-    their answer (``proposed``): until a change is answered, either may be in force."""
+    """The policy as answered (``confirmed``), and as it may be while changes wait for
+    their answers: the engine applies them in the order they were sent, so each
+    prefix of them may be in force for a while."""
 
     def __init__(self, default: Visibility) -> None:
         self.confirmed = TruePolicy(default)
-        self.proposed: TruePolicy | None = None
+        self.proposed: list[TruePolicy] = []  # after the first, the first two, ...
         self._in_flight: dict[str, Callable[[TruePolicy], None]] = {}
 
     @property
@@ -380,10 +381,10 @@ class KnownPolicy:
         return bool(self._in_flight)
 
     def may_see(self, watcher: str, user_id: str) -> bool:
-        """Allowed by the confirmed policy or by one with the changes in flight."""
+        """Allowed by the confirmed policy or by one the changes in flight pass through."""
         if self.confirmed.may_see(watcher, user_id):
             return True
-        return self.proposed is not None and self.proposed.may_see(watcher, user_id)
+        return any(policy.may_see(watcher, user_id) for policy in self.proposed)
 
     def propose(self, key: str, change: Callable[[TruePolicy], None]) -> None:
         self._in_flight[key] = change
@@ -403,14 +404,13 @@ class KnownPolicy:
 
     def reset(self, policy: TruePolicy) -> None:
         self.confirmed = policy
-        self.proposed = None
+        self.proposed = []
         self._in_flight.clear()
 
     def _rebuild(self) -> None:
-        if not self._in_flight:
-            self.proposed = None
-            return
-        proposed = self.confirmed.copy()
+        self.proposed = []
+        policy = self.confirmed
         for change in self._in_flight.values():
-            change(proposed)
-        self.proposed = proposed
+            policy = policy.copy()
+            change(policy)
+            self.proposed.append(policy)

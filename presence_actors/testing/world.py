@@ -176,8 +176,10 @@ class World:
                     case SetStatus(status=status, status_message=text, scope=scope):
                         every = scope is Scope.ALL
                         truth.set_status(user_id, device, number, status, text, every, now)
+                        self.acknowledged_profile(user_id, now)
                     case Identify(username=username):
                         truth.identify(user_id, device, number, username, now)
+                        self.acknowledged_profile(user_id, now)
                     case Logout():
                         truth.remove(user_id, device, number, now, logout=True)
                     case _:  # activity, an active heartbeat
@@ -300,6 +302,14 @@ class World:
             session.subscriptions.update(ev.user_name(t) for t in event.targets)
         await self.request(engine, session, kind, message, event, change)
         return True
+
+    def open_sessions(self) -> list[SimSession]:
+        """Every connection not closed yet, oldest first (a device may hold two: a
+        new one whose attach failed leaves the old one open)."""
+        return sorted(
+            {*self.live.values(), *self._unwelcomed, *self.sessions.values()},
+            key=lambda s: s.number,
+        )
 
     async def drop(self, session: SimSession) -> None:
         """The client's connection is gone: its transport detaches it."""
@@ -436,9 +446,10 @@ class World:
         self.policy.withdraw(key)
 
     def store_refusal_expected(self, code: ErrorCode) -> bool:
-        """STORE_ERROR is the answer to a policy change while commits fail, and until
-        the first commit after the failures (the writer retries up to 5 s apart)."""
-        failing = trio.current_time() < self.store.failing_until + RETRY_MAX_DELAY + 1.0
+        """STORE_ERROR is the answer to a policy change while commits fail: from a
+        failed commit to the next that succeeds (retried with backoff, maybe slow)."""
+        store = self.store
+        failing = store.failing or store.recovered_at == trio.current_time()
         return code is ErrorCode.STORE_ERROR and failing
 
     async def resolve_policy(self, user_id: str) -> None:
@@ -484,10 +495,7 @@ class World:
             )
         elif how == "pushed" and not (
             self.follows(session, target)
-            or (
-                self.policy.proposed is not None
-                and self.follows(session, target, self.policy.proposed)
-            )
+            or any(self.follows(session, target, p) for p in self.policy.proposed)
         ):
             self.violation(
                 "visibility", f"{session!r} was pushed {target}, whom it does not follow"
@@ -555,6 +563,8 @@ class World:
             await self.request(self.engine, session, "presence", exchanges.everyone(self.user_ids))
 
     def acknowledged_profile(self, user_id: str, now: float) -> None:
+        """The profile as the engine just applied it: the same path makes it durable
+        whether or not the answer reaches the client (it may have gone)."""
         user = self.truth.users[user_id]
         self.ledger.acknowledged(user_id, "profile", (user.username, user.message), now)
 
