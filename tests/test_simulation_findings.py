@@ -33,7 +33,9 @@ from presence_actors.protocol import (
     GetPresence,
     Heartbeat,
     HeartbeatAck,
+    Identify,
     Presence,
+    Scope,
     SetStatus,
     StatusUpdated,
 )
@@ -220,3 +222,26 @@ async def test_a_watcher_that_read_a_held_change_is_pushed_the_state_that_follow
         pushed = late.pushes("alice")
         assert pushed, "the late watcher still shows alice away"
         assert pushed[-1].view.status is Status.ONLINE
+
+
+async def test_a_tick_that_coalesces_two_sessions_changes_skips_neither(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Found by ``simulate --faults all --users 20`` (seed 53, 3000 steps, shrunk to
+    4 events): at one moment alice's phone set her username and her laptop her
+    status. The fan-out keeps one push per user per tick, the latest, and skipped
+    its cause, the laptop; but the laptop's reply (status_updated) says nothing of
+    the username the phone set. Fails on 8215680: the laptop never learns it."""
+    settings = make_settings(tmp_path)
+    async with open_engine(settings, clock=WallClock(EPOCH)) as engine:
+        phone = await connect(engine, "alice", "phone")
+        laptop = await connect(engine, "alice", "laptop")
+        laptop.drain()
+        # Both at once: neither send waits, so one tick carries both changes.
+        await phone.send(Identify(username="eve"))
+        await laptop.send(SetStatus(status=Status.AWAY, scope=Scope.ALL))
+        await settle()
+        await laptop.expect(StatusUpdated)
+        pushed = laptop.pushes("alice")
+        assert pushed, "the laptop never learned alice's username"
+        assert pushed[-1].view.username == "eve"
