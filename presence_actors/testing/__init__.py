@@ -10,12 +10,15 @@ hypothesis strategy for schedules is in :mod:`presence_actors.testing.strategies
 from .report import INVARIANTS, Counters, Result, Violation, summary
 from .schedule import AVAILABLE_FAULTS, FAULTS, Schedule, generate, parse_faults
 from .simulation import Simulation
+from .world import Invariant, Moment
 
 __all__ = [
     "AVAILABLE_FAULTS",
     "FAULTS",
     "INVARIANTS",
     "Counters",
+    "Invariant",
+    "Moment",
     "Result",
     "Schedule",
     "Simulation",

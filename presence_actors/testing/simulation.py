@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -41,7 +41,7 @@ from .epochs import StoreState, read_store
 from .report import Counters, Result
 from .schedule import Schedule, generate
 from .scheduler import InlineStore, Watchdog, seeded_scheduling
-from .world import World
+from .world import Invariant, World
 
 # Trio time t is unix second EPOCH + t in every timestamp the engine makes.
 EPOCH = 1_800_000_000.0
@@ -56,7 +56,10 @@ class Simulation:
     ``config`` is the engine's settings (defaults: ``Settings()``); the
     simulation puts the database in its own temporary directory and turns
     retention pruning off (the audit checks read every event). ``faults`` are
-    names from :data:`~.schedule.FAULTS`.
+    names from :data:`~.schedule.FAULTS`. ``invariants`` are a researcher's own,
+    by name: each is called at the end of every moment with a
+    :class:`~.world.Moment` and returns the problems it sees (violations under
+    its name).
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class Simulation:
         config: Settings | None = None,
         *,
         faults: Iterable[str] = (),
+        invariants: Mapping[str, Invariant] | None = None,
     ) -> None:
         self.seed = seed
+        self.invariants = dict(invariants or {})
         self.users = users
         self.faults = frozenset(faults)
         base = config or Settings()
@@ -112,7 +117,7 @@ class Simulation:
     ) -> None:
         clock = WallClock(EPOCH)
         store = InlineStore()
-        world = World(self.settings, schedule.users, clock, result.counters, store)
+        world = World(self.settings, schedule.users, clock, result.counters, store, self.invariants)
         seams = Seams(run_blocking=store, before_transition=world.before_transition)
         with trio.CancelScope() as watchdog.scope:
             await self._epochs(schedule, world, clock, seams, tmp)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 
 import attrs
@@ -79,6 +79,23 @@ Reaction = Callable[[], Awaitable[object]]
 HEARTBEAT_GRID = 1.0
 
 
+@attrs.frozen
+class Moment:
+    """What a researcher's invariant sees at the end of a moment, once every task
+    waits: the time, the engine (its registry, directory, writer: read, never
+    change), the truth, and the live client sessions (each one's ``views``: what
+    it was told of each user it follows)."""
+
+    now: float
+    engine: Engine
+    truth: Truth
+    sessions: tuple[SimSession, ...]
+
+
+# A researcher's invariant: the problems it sees at a moment (none: it holds).
+Invariant = Callable[[Moment], Iterable[str]]
+
+
 class SimulatedCrash(Exception):
     """Raised in a user actor by the crash fault (its supervisor restarts it)."""
 
@@ -98,8 +115,10 @@ class World:
         clock: WallClock,
         counters: Counters,
         store: InlineStore,
+        invariants: Mapping[str, Invariant] | None = None,
     ) -> None:
         presence = settings.presence
+        self.invariants = dict(invariants or {})
         self.settings = settings
         self.contacts_mode = presence.fanout == "contacts"
         self.clock = clock
@@ -641,6 +660,12 @@ class World:
                 self._compare(session, user_id, now, now, cache)
         self._dirty.clear()
         self._overdue(now, cache)
+        if self.invariants and self.engine is not None:
+            moment = Moment(now, self.engine, self.truth, tuple(self.live.values()))
+            for name, invariant in self.invariants.items():
+                self.counters.checks += 1
+                for problem in invariant(moment):
+                    self.violation(name, problem)
         # Found in the order the engine offered things: reported in a stable order.
         self.violations[self._sorted :] = sorted(
             self.violations[self._sorted :], key=lambda v: (v.invariant, v.detail)
