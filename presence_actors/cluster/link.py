@@ -84,7 +84,7 @@ class ClusterLink:
         self.problem: str | None = "not connected to Redis yet"
         self.merger = Merger(self._contacts_mode, False, now_ms)
         self.publisher = Publisher(node, self.merger, self._merged)
-        self.subscriber = Subscriber(self._contacts_mode, False, self._merged, self._seeded)
+        self.subscriber = Subscriber(self._contacts_mode, False, self._merged, self._seeded, node)
         self.writer = ClusterWriter(self)
         self._policy_position = b"0-0"
         self._client: Any = None
@@ -116,7 +116,9 @@ class ClusterLink:
         self._policy_position = position
         self.merger = Merger(self._contacts_mode, self.cluster, self._now_ms)
         self.publisher = Publisher(self.node, self.merger, self._merged)
-        self.subscriber = Subscriber(self._contacts_mode, self.cluster, self._merged, self._seeded)
+        self.subscriber = Subscriber(
+            self._contacts_mode, self.cluster, self._merged, self._seeded, self.node
+        )
         return visibility, contacts, blocks
 
     def bind(self, receiver: Receiver) -> None:
@@ -237,9 +239,9 @@ class ClusterLink:
         """After an outage: tell the engine, write back the policy if Redis lost it,
         and report every local user again."""
         await receiver.rejoined(fresh)
+        self.publisher.forget_held()
         if fresh:
             log.warning("Redis lost the cluster's data: writing back this node's copy")
-            self.publisher.forget_held()
             await policy_store.write_back(client, *receiver.policy_snapshot())
             self._policy_position = b"0-0"
         for report in receiver.local_reports():

@@ -204,10 +204,10 @@ class Publisher:
                 user = report.user_id
                 if report.withdrawn and user in self._held:
                     self._held.discard(user)
-                    pipe.srem(keys.node_users(self._node), [user])
+                    pipe.srem(keys.node_users(self._node, self.epoch), [user])
                 elif not report.withdrawn and user not in self._held:
                     self._held.add(user)
-                    pipe.sadd(keys.node_users(self._node), [user])
+                    pipe.sadd(keys.node_users(self._node, self.epoch), [user])
         for report, view in zip(batch, views, strict=True):
             self._events.pop(report.user_id, None)
             assert view is not None
