@@ -83,7 +83,7 @@ class ClusterSide:
     def report(self, publish: Publish) -> bool:
         """Hand this node's share of the user to the link; True when the node must
         show it itself meanwhile (Redis is away)."""
-        view = publish.view
+        view, public = publish.view, publish.public
         profile = (view.username, view.status_message) if publish.profile_changed else None
         self.link.report(
             Report(
@@ -94,6 +94,7 @@ class ClusterSide:
                 publish.alive,
                 profile,
                 publish.cause,
+                (public.username, public.status_message),
             )
         )
         return not self.link.connected
@@ -164,6 +165,8 @@ class ClusterSide:
         return not self.contacts_mode or user in self._interest or self._has_actor(user)
 
     def _sync_profile(self, view: UserView) -> None:
+        if self.link.publisher.changing_profile(view.user_id):
+            return  # what this node set is newer than what Redis shows yet
         profile = self._actor_profile(view.user_id)
         if profile is not None and profile != (view.username, view.status_message):
             self._tell(view.user_id, SyncProfile(view.username, view.status_message))
