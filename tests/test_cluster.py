@@ -14,7 +14,6 @@ import trio
 
 from .cluster_harness import (
     GRACE,
-    HEARTBEAT_TIMEOUT,
     open_nodes,
     pushes_within,
     request,
@@ -26,6 +25,7 @@ from .redis_harness import REDIS_SERVER, open_redis
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 ADMIN = "a" * 32
+TIMEOUT = 3.0
 
 
 @pytest.mark.parametrize("fanout", ["everyone", "contacts"])
@@ -149,15 +149,16 @@ async def test_history_counts_lists_and_admin_changes_span_the_nodes(tmp_path: P
 
 
 async def test_a_silent_session_times_out_across_nodes(tmp_path: Path) -> None:
+    presence = {"fanout": "everyone", "heartbeat_timeout": f"{TIMEOUT}s"}
     async with (
         open_redis(tmp_path / "redis") as redis,
-        open_nodes(tmp_path, redis.url, presence={"fanout": "everyone"}) as (a, b),
+        open_nodes(tmp_path, redis.url, presence=presence) as (a, b),
         ws_client(b, "watcher") as watcher,
         ws_client(a, "quiet"),
     ):
         await until_pushed(watcher, "quiet", "online")
         # Only the watcher heartbeats; "quiet" says nothing.
-        with trio.fail_after(HEARTBEAT_TIMEOUT + GRACE + 5):
+        with trio.fail_after(TIMEOUT + GRACE + 5):
             while True:
                 await watcher.send({"type": "heartbeat"})
                 got = await pushes_within(watcher, 0.5, about="quiet")
