@@ -170,9 +170,19 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(tmp_pat
             while server.worker_pids()[1] == killed:
                 await trio.sleep(0.05)
             assert set(await _nodes(server.base_url)) == {"box-1", "box-2"}
+            # Dying again soon after its start, it waits twice as long: one line each time.
+            again = server.worker_pids()[1]
+            os.kill(again, signal.SIGKILL)
+            while server.worker_pids()[1] == again:
+                await trio.sleep(0.05)
             restarts = [line for line in server.stderr().splitlines() if "restarting" in line]
-            assert len(restarts) == 1, server.stderr()
-            assert f"worker 1 (pid {killed}) exited with signal SIGKILL" in restarts[0]
+            assert len(restarts) == 2, server.stderr()
+            assert restarts[0].endswith(
+                f"worker 1 (pid {killed}) exited with signal SIGKILL; restarting it in 0.5 s"
+            )
+            assert restarts[1].endswith(
+                f"worker 1 (pid {again}) exited with signal SIGKILL; restarting it in 1.0 s"
+            )
             assert await server.stop() == 0
 
 
