@@ -51,7 +51,7 @@ from .transfer import (
     state_document,
     write_state,
 )
-from .workers import Supervisor, serve_worker, worker_settings
+from .workers import Supervisor, check_workers, serve_worker, worker_settings
 
 PROG = "presence-actors"
 DEFAULT_CONFIG = Path("config.toml")
@@ -175,6 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.worker is not None:
         settings = worker_settings(settings, args.worker)
+    check_workers(settings)  # before anything is created, like any other setting
     configure_logging(settings.logging, "" if args.worker is None else f"worker {args.worker}")
     if args.worker is None and settings.server.workers > 1:
         supervisor = Supervisor(
