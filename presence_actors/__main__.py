@@ -8,6 +8,7 @@ print one line on stderr and exit non-zero; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import signal
 import sqlite3
@@ -174,7 +175,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.worker is not None:
-        settings = worker_settings(settings, args.worker)
+        settings = worker_settings(settings, args.worker, os.getpid())
     check_workers(settings)  # before anything is created, like any other setting
     configure_logging(settings.logging, "" if args.worker is None else f"worker {args.worker}")
     if args.worker is None and settings.server.workers > 1:

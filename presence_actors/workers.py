@@ -65,12 +65,19 @@ def check_workers(settings: Settings) -> None:
         )
 
 
-def worker_settings(settings: Settings, index: int) -> Settings:
-    """Worker ``index``'s settings: a node name of its own (``server.node``, else the
-    host name, then ``-index``) and its own log file and database file (the same
-    names with ``-index`` before the suffix), since two processes can share neither."""
+def worker_settings(settings: Settings, index: int, pid: int) -> Settings:
+    """The settings of worker ``index`` running as process ``pid``: a node name of its
+    own (``server.node``, else the host name, then ``-index-pid``) and its own log
+    file and database file (the same names with ``-index`` before the suffix), since
+    two processes can share neither.
+
+    The node name changes with every restart: a node is one process and its sessions.
+    Under the same name, a worker restarted before its predecessor's liveness expired
+    (``cluster.node_ttl``) would keep that liveness alive, and the sessions that died
+    with the predecessor would never be counted as lost.
+    """
     server = settings.server
-    node = f"{server.node or socket.gethostname()}-{index}"
+    node = f"{server.node or socket.gethostname()}-{index}-{pid}"
     logging_ = settings.logging
     if logging_.file:
         logging_ = attrs.evolve(logging_, file=_numbered(logging_.file, index))
@@ -288,11 +295,26 @@ class Supervisor:
             for process in running:
                 await process.wait()
         clean = True
-        for process in running:
+        for worker in self._workers:
+            if worker.process is None or worker.process not in running:
+                continue
+            process = worker.process
             if process.returncode is None:
-                log.error("worker pid %d did not stop in %.0f s; killing it", process.pid, bound)
+                log.error(
+                    "worker %d (pid %d) did not stop in %.0f s; killing it",
+                    worker.index,
+                    process.pid,
+                    bound,
+                )
                 process.kill()
                 await process.wait()
+            elif process.returncode not in (0, -signum):
+                log.error(
+                    "worker %d (pid %d) stopped with %s",
+                    worker.index,
+                    process.pid,
+                    _describe_status(process.returncode),
+                )
             clean = clean and process.returncode in (0, -signum)
         return 0 if clean else EXIT_FAILED
 

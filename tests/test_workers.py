@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -19,6 +20,7 @@ import trio
 from attrs import define
 
 from presence_actors.__main__ import main
+from presence_actors.client import Disconnected, PresenceClient, open_presence_client
 from presence_actors.config import Settings
 from presence_actors.workers import worker_settings
 
@@ -50,6 +52,10 @@ class Supervised:
     def worker_pids(self) -> dict[int, int]:
         """Each worker's latest process, from the parent's log."""
         return {int(index): int(pid) for index, pid in _SERVES.findall(self.stderr())}
+
+    def node_names(self) -> dict[int, str]:
+        """Each worker's node name: ``server.node``-index-pid."""
+        return {index: f"box-{index}-{pid}" for index, pid in self.worker_pids().items()}
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         self.process.send_signal(signum)
@@ -129,7 +135,7 @@ async def _nodes(base_url: str, probes: int = PROBES) -> list[str]:
     nodes = []
     for _ in range(probes):
         status, stats = await http("GET", f"{base_url}/api/stats")
-        assert status == 200, stats
+        assert status == 200, (status, stats)
         nodes.append(stats["node"])
     return nodes
 
@@ -141,7 +147,8 @@ async def test_two_workers_serve_one_port_each_as_a_node(tmp_path: Path) -> None
             supervised(tmp_path, _config(tmp_path, redis), "--workers", "2") as server,
         ):
             assert server.stdout.count("is listening") == 1  # one banner, not one per worker
-            assert set(await _nodes(server.base_url)) == {"box-1", "box-2"}
+            nodes = server.node_names()
+            assert set(await _nodes(server.base_url)) == {nodes[1], nodes[2]}
             pids = server.worker_pids()
             assert sorted(pids) == [1, 2]
             assert server.process.pid not in pids.values()
@@ -152,7 +159,7 @@ async def test_the_workers_setting_in_the_file_is_the_flag(tmp_path: Path) -> No
         async with open_redis(tmp_path / "redis") as redis:
             config = _config(tmp_path, redis, server={"workers": 2})
             async with supervised(tmp_path, config) as server:
-                assert set(await _nodes(server.base_url)) == {"box-1", "box-2"}
+                assert set(await _nodes(server.base_url)) == set(server.node_names().values())
 
 
 async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(tmp_path: Path) -> None:
@@ -161,15 +168,23 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(tmp_pat
             open_redis(tmp_path / "redis") as redis,
             supervised(tmp_path, _config(tmp_path, redis), "--workers", "2") as server,
         ):
-            killed = server.worker_pids()[1]
+            killed, survivor = server.worker_pids()[1], server.node_names()[2]
             os.kill(killed, signal.SIGKILL)
-            while _alive(killed):
+            # Once the supervisor has reaped it, its listening socket is closed. (Its
+            # main thread turns zombie before its last thread lets go of the sockets;
+            # connections that reach the socket until then are reset.)
+            while f"(pid {killed}) exited" not in server.stderr():
                 await trio.sleep(0.01)
             # Every connection is answered meanwhile: by the other worker, or the new one.
-            assert set(await _nodes(server.base_url)) <= {"box-1", "box-2"}
+            answered = set(await _nodes(server.base_url))
+            assert survivor in answered
+            assert answered <= {survivor, f"box-1-{server.worker_pids()[1]}"}
             while server.worker_pids()[1] == killed:
                 await trio.sleep(0.05)
-            assert set(await _nodes(server.base_url)) == {"box-1", "box-2"}
+            # The new worker 1 is a new node (a node is a process and its sessions).
+            nodes = server.node_names()
+            assert nodes[1] != f"box-1-{killed}"
+            assert set(await _nodes(server.base_url)) == {nodes[1], survivor}
             # Dying again soon after its start, it waits twice as long: one line each time.
             again = server.worker_pids()[1]
             os.kill(again, signal.SIGKILL)
@@ -183,7 +198,7 @@ async def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(tmp_pat
             assert restarts[1].endswith(
                 f"worker 1 (pid {again}) exited with signal SIGKILL; restarting it in 1.0 s"
             )
-            assert await server.stop() == 0
+            assert await server.stop() == 0, server.stderr()
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
@@ -275,12 +290,13 @@ def test_each_worker_is_a_node_with_its_own_files() -> None:
             persistence=attrs.evolve(defaults.persistence, path="data/presence.db"),
         ),
         3,
+        4242,
     )
-    assert settings.server.node == "box-3"
+    assert settings.server.node == "box-3-4242"
     assert settings.logging.file == "logs/presence-3.log"
     assert settings.persistence.path == "data/presence-3.db"
-    unnamed = worker_settings(Settings(), 1)
-    assert unnamed.server.node == f"{socket.gethostname()}-1"
+    unnamed = worker_settings(Settings(), 1, 4242)
+    assert unnamed.server.node == f"{socket.gethostname()}-1-4242"
 
 
 @pytest.mark.parametrize("value", ["0", "257", "two", "-1"])
@@ -289,3 +305,112 @@ def test_workers_flag_takes_1_to_256(value: str, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith(f"presence-actors: argument --workers: {value!r} is not a number")
     assert err.count("\n") == 1
+
+
+# --- the workers as nodes of one cluster ------------------------------------------------
+
+USERS = [f"user-{n:02d}" for n in range(16)]
+# A node's liveness outlasts a worker's restart (a second or two, four on a busy
+# machine): the restarted worker joins while its predecessor still counts as alive.
+HEARTBEAT_TIMEOUT = 10
+GRACE_PERIOD = 1
+SLOW_NODE_TTL: dict[str, Mapping[str, object]] = {
+    "presence": {
+        "heartbeat_interval": "1s",
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+        "grace_period": GRACE_PERIOD,
+    },
+    "cluster": {"node_ttl": HEARTBEAT_TIMEOUT - 1},
+}
+# Polling over HTTP, on a 2-core machine shared with other tests.
+BUSY_MACHINE_SLACK = 2.0
+
+
+async def _presence(base_url: str, users: list[str]) -> dict[str, bool]:
+    status, answer = await http("GET", f"{base_url}/api/presence?ids={','.join(users)}")
+    assert status == 200, answer
+    return {view["userId"]: view["online"] for view in answer["users"]}
+
+
+async def _stats_by_node(base_url: str) -> dict[str, dict[str, Any]]:
+    """/api/stats of every worker (admin routes are open in this test's config)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(PROBES):
+        status, stats = await http("GET", f"{base_url}/api/stats")
+        assert status == 200, stats
+        seen[stats["node"]] = stats
+    return seen
+
+
+async def test_users_connected_to_either_worker_are_one_cluster(tmp_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            open_redis(tmp_path / "redis") as redis,
+            supervised(tmp_path, _config(tmp_path, redis), "--workers", "2") as server,
+            AsyncExitStack() as clients,
+        ):
+            for user in USERS:
+                await clients.enter_async_context(
+                    open_presence_client(server.base_url, user, reconnect=False)
+                )
+            with trio.fail_after(10):
+                while not all((await _presence(server.base_url, USERS)).values()):
+                    await trio.sleep(0.1)
+            stats = await _stats_by_node(server.base_url)
+            assert set(stats) == set(server.node_names().values())
+            # The sessions are spread over both; each node counts everyone online.
+            assert all(node["connections"] > 0 for node in stats.values()), stats
+            assert sum(node["connections"] for node in stats.values()) == len(USERS)
+            assert [node["onlineUsers"] for node in stats.values()] == [len(USERS)] * 2
+
+
+async def test_a_killed_workers_users_go_offline_and_the_others_stay(tmp_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            open_redis(tmp_path / "redis") as redis,
+            supervised(
+                tmp_path, _config(tmp_path, redis, **SLOW_NODE_TTL), "--workers", "2"
+            ) as server,
+            AsyncExitStack() as stack,
+        ):
+            clients = {
+                user: await stack.enter_async_context(
+                    open_presence_client(server.base_url, user, reconnect=False)
+                )
+                for user in USERS
+            }
+            with trio.fail_after(10):
+                while not all((await _presence(server.base_url, USERS)).values()):
+                    await trio.sleep(0.1)
+            stats = await _stats_by_node(server.base_url)
+            on_killed = stats[server.node_names()[1]]["connections"]
+            assert 0 < on_killed < len(USERS)
+            lost: list[str] = []
+
+            async def notice(user: str, client: PresenceClient) -> None:
+                async for event in client.events():
+                    if isinstance(event, Disconnected):
+                        lost.append(user)
+
+            async with trio.open_nursery() as nursery:
+                for user, client in clients.items():
+                    nursery.start_soon(notice, user, client)
+                os.kill(server.worker_pids()[1], signal.SIGKILL)
+                killed_at = trio.current_time()
+                with trio.fail_after(10):
+                    while len(lost) < on_killed:
+                        await trio.sleep(0.05)
+                # heartbeat_timeout + grace_period + 1 s, as the issue asks of a dead node.
+                bound = HEARTBEAT_TIMEOUT + GRACE_PERIOD + 1 + BUSY_MACHINE_SLACK
+                with trio.fail_after(bound - (trio.current_time() - killed_at)):
+                    expected = {user: user not in lost for user in USERS}
+                    while await _presence(server.base_url, USERS) != expected:
+                        await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+            # ... and it stays so once the restarted worker has joined: no ghost.
+            with trio.fail_after(STARTUP_TIMEOUT):
+                while len(set(await _nodes(server.base_url, 10))) < 2:
+                    await trio.sleep(0.1)
+            for _ in range(10):
+                assert await _presence(server.base_url, USERS) == expected
+            assert await server.stop() == 0, server.stderr()
