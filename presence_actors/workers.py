@@ -67,9 +67,9 @@ def check_workers(settings: Settings) -> None:
 
 def worker_settings(settings: Settings, index: int, pid: int) -> Settings:
     """The settings of worker ``index`` running as process ``pid``: a node name of its
-    own (``server.node``, else the host name, then ``-index-pid``) and its own log
-    file and database file (the same names with ``-index`` before the suffix), since
-    two processes can share neither.
+    own (``server.node``, else the host name, then ``-index-pid``) and a log file of its
+    own (``-index`` before the suffix): rotation is not safe across processes. (A node
+    of a cluster opens no database: the shared facts are in Redis.)
 
     The node name changes with every restart: a node is one process and its sessions.
     Under the same name, a worker restarted before its predecessor's liveness expired
@@ -81,14 +81,7 @@ def worker_settings(settings: Settings, index: int, pid: int) -> Settings:
     logging_ = settings.logging
     if logging_.file:
         logging_ = attrs.evolve(logging_, file=_numbered(logging_.file, index))
-    persistence = settings.persistence
-    persistence = attrs.evolve(persistence, path=_numbered(persistence.path, index))
-    return attrs.evolve(
-        settings,
-        server=attrs.evolve(server, node=node),
-        logging=logging_,
-        persistence=persistence,
-    )
+    return attrs.evolve(settings, server=attrs.evolve(server, node=node), logging=logging_)
 
 
 def _numbered(path: str, index: int) -> str:

@@ -280,21 +280,20 @@ async def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> N
             assert "Traceback" not in stderr
 
 
-def test_each_worker_is_a_node_with_its_own_files() -> None:
+def test_each_worker_is_a_node_with_its_own_log() -> None:
     defaults = Settings()
     settings = worker_settings(
         attrs.evolve(
             defaults,
             server=attrs.evolve(defaults.server, node="box"),
             logging=attrs.evolve(defaults.logging, file="logs/presence.log"),
-            persistence=attrs.evolve(defaults.persistence, path="data/presence.db"),
         ),
         3,
         4242,
     )
     assert settings.server.node == "box-3-4242"
     assert settings.logging.file == "logs/presence-3.log"
-    assert settings.persistence.path == "data/presence-3.db"
+    assert settings.persistence == defaults.persistence
     unnamed = worker_settings(Settings(), 1, 4242)
     assert unnamed.server.node == f"{socket.gethostname()}-1-4242"
 
