@@ -51,8 +51,10 @@ class RegistryReceiver:
     async def merged(self, view: MergedView, cause: object) -> None:
         await self._registry.tell(Merged(view, cause))  # type: ignore[arg-type]
 
-    async def seeded(self, views: list[MergedView], asked: Iterable[str] = ()) -> None:
-        await self._registry.tell(Seeded(tuple(views), tuple(asked)))
+    async def seeded(self, views: list[MergedView], asked: Iterable[str] | None = ()) -> None:
+        await self._registry.tell(
+            Seeded(tuple(views), tuple(asked) if asked is not None else (), complete=asked is None)
+        )
 
     async def policy_changed(self, intent: PolicyIntent) -> None:
         await self._registry.tell(PolicyChanged(intent))

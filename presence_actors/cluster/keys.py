@@ -64,9 +64,10 @@ def alive(node: str) -> str:
     return f"{PREFIX}:{{pa}}:alive:{node}"
 
 
-def node_users(node: str) -> str:
-    """SET: the users the node holds an entry for (what to clean when it dies)."""
-    return f"{PREFIX}:{{pa}}:users:{node}"
+def node_users(node: str, epoch: int) -> str:
+    """SET: the users the node, in that epoch, holds an entry for (what to clean up
+    when it dies)."""
+    return f"{PREFIX}:{{pa}}:users:{node}:{epoch}"
 
 
 def reaping(node: str) -> str:

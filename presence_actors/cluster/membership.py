@@ -68,7 +68,11 @@ class Membership:
             await client.set(keys.GENERATION, str(self._now_ms()), condition=PureToken.NX)
             generation = await client.get(keys.GENERATION)
         self.generation = generation
+        previous = self.epoch
         self.epoch = int(await client.incr(f"{keys.NODES}:epoch"))
+        if previous:
+            # This node reports all its users again under the new epoch.
+            await client.delete([keys.node_users(self.node, previous)])
         await client.hset(keys.NODES, {self.node: str(self.epoch)})
         await self._renew(client)
         self._stamped = {}
@@ -133,12 +137,14 @@ class Membership:
     async def _reap(self, client: Any, node: str, epoch: int) -> None:
         """Clean up after a dead node (see the module docstring). Idempotent: if this
         node dies half-way, the lock expires and another one does it again."""
-        users = [u.decode() for u in await client.smembers(keys.node_users(node))]
+        users = [u.decode() for u in await client.smembers(keys.node_users(node, epoch))]
         await self._rewrite(client, node, epoch, users, "*hold", "disconnect")
         await trio.sleep(self._grace)
         await self._rewrite(client, node, epoch, users, "", "disconnect")
-        await client.delete([keys.node_users(node), keys.reaping(node)])
-        await client.hdel(keys.NODES, [node])
+        await client.delete([keys.node_users(node, epoch), keys.reaping(node)])
+        # Unless the node came back meanwhile (the same name, a new epoch).
+        if await client.hget(keys.NODES, node) == str(epoch).encode():
+            await client.hdel(keys.NODES, [node])
         log.info("cleaned up after node %s (%d users)", node, len(users))
 
     async def _rewrite(

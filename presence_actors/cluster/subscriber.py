@@ -15,6 +15,7 @@ nothing published in between is missed (versions tell the newer apart).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -40,8 +41,10 @@ class Subscriber:
         contacts_mode: bool,
         cluster: bool,
         on_merged: Callable[[MergedView, object], Awaitable[None]],
-        on_seeded: Callable[[list[MergedView], list[str]], Awaitable[None]],
+        on_seeded: Callable[[list[MergedView], list[str] | None], Awaitable[None]],
+        node: str = "",
     ) -> None:
+        self._node = node
         self._contacts_mode = contacts_mode
         self._cluster = cluster
         self._on_merged = on_merged
@@ -73,6 +76,16 @@ class Subscriber:
     async def run(self, client: Any, *, task_status: trio.TaskStatus[None]) -> None:
         """Subscribe, read what is watched (a full resync after a reconnect) and pass
         every change on, until cancelled or Redis fails."""
+        try:
+            await self._run(client, task_status)
+        except BaseException:
+            if trio.current_effective_deadline() == -math.inf:
+                # Cancelled: coredis's unsubscribe on the way out may fail on a
+                # connection already closed; nothing is left to clean up.
+                return
+            raise
+
+    async def _run(self, client: Any, task_status: trio.TaskStatus[None]) -> None:
         self._subscribed = set()
         # No retries inside coredis: a lost connection ends this task and the link
         # joins again and resyncs (messages published meanwhile are gone).
@@ -93,11 +106,18 @@ class Subscriber:
             else:
                 await self._seed_everyone(client)
             task_status.started()
-            async for message in pubsub:
-                if message["type"] not in ("message", "smessage"):
+            # Not ``async for``: coredis ends that iteration while nothing is
+            # subscribed, which in contacts fan-out is where a node starts.
+            while True:
+                message = await pubsub.get_message()
+                if message is None or message["type"] not in ("message", "smessage"):
                     continue
                 self.received += 1
-                await self._on_merged(decode_merged(message["data"]), None)
+                merged = decode_merged(message["data"])
+                if merged.origin != self._node:
+                    # This node's own changes come back with their merge's reply,
+                    # which knows the session that caused them.
+                    await self._on_merged(merged, None)
 
     async def _follow_interest(self, client: Any, pubsub: Any) -> None:
         while True:
@@ -129,11 +149,13 @@ class Subscriber:
         await self._on_seeded(views, user_ids)
 
     async def _seed_everyone(self, client: Any) -> None:
-        """Every user's view (``everyone`` fan-out: this node shows them all)."""
+        """Every user's view (``everyone`` fan-out: this node shows them all); then
+        ``on_seeded([], None)``: users Redis no longer knows are not shown online."""
         cursor: int | None = 0
         while cursor is not None:
             cursor, found = await client.hscan(keys.VIEWS, cursor=cursor, count=_CHUNK)
             views = [decode_merged(raw, user.decode()) for user, raw in found.items()]
             if views:
-                await self._on_seeded(views, [])
+                await self._on_seeded(views, [view.user_id for view in views])
             cursor = cursor or None
+        await self._on_seeded([], None)
