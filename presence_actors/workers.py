@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,7 +51,7 @@ BACKOFF_RESET = 30.0
 STOP_MARGIN = 10.0
 # The ready line is ``ready URL``; a URL is far shorter.
 _READY_LINE_LIMIT = 4096
-_READY = b"ready "
+_READY_LINE = re.compile(rb"ready (https?://[!-~]+)")
 EXIT_FAILED = 1
 
 
@@ -160,8 +161,11 @@ class Supervisor:
         settings: Settings,
         command: Callable[[int, int], Sequence[str]],
         announce: Callable[[str], None],
+        *,
+        startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
         self._settings = settings
+        self._startup_timeout = startup_timeout
         self._command = command
         self._announce = announce
         self._workers = [Worker(index) for index in range(1, settings.server.workers + 1)]
@@ -218,8 +222,9 @@ class Supervisor:
                 running.start_soon(self._keep_running, worker)
 
     async def _start(self, worker: Worker) -> str | None:
-        """Start ``worker``'s process; its URL once it serves, or None (it was killed)
-        if it exited or did not report ready in time."""
+        """Start ``worker``'s process; its URL once it serves, or None if it closed its
+        stdout (it is exiting: its own line on stderr says why), wrote anything but a
+        ready line, or said nothing for ``startup_timeout`` (then it is killed)."""
         process = await trio.lowlevel.open_process(
             list(self._command(worker.index, self._port)),
             stdin=subprocess.PIPE,
@@ -229,20 +234,22 @@ class Supervisor:
         )
         worker.process, worker.started_at = process, trio.current_time()
         assert process.stdout is not None
-        with trio.move_on_after(STARTUP_TIMEOUT):
+        line = None
+        with trio.move_on_after(self._startup_timeout):
             line = await _read_line(process.stdout)
-            if line.startswith(_READY):
-                url = line[len(_READY) :].decode("ascii", "replace").strip()
-                log.info("worker %d (pid %d) serves %s", worker.index, process.pid, url)
-                return url
-        if process.poll() is None:
-            log.error(
-                "worker %d (pid %d) did not report ready in %.0f s; killing it",
-                worker.index,
-                process.pid,
-                STARTUP_TIMEOUT,
-            )
-            process.kill()
+        if line == b"":
+            return None
+        if line is not None and (ready := _READY_LINE.fullmatch(line)):
+            url = ready[1].decode("ascii")
+            log.info("worker %d (pid %d) serves %s", worker.index, process.pid, url)
+            return url
+        problem = (
+            f"said nothing in {self._startup_timeout:g} s"
+            if line is None
+            else f"wrote {line[:80]!r} instead of its ready line"
+        )
+        log.error("worker %d (pid %d) %s; killing it", worker.index, process.pid, problem)
+        process.kill()
         return None
 
     async def _keep_running(self, worker: Worker) -> None:

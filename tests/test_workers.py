@@ -22,7 +22,7 @@ from attrs import define
 from presence_actors.__main__ import main
 from presence_actors.client import Disconnected, PresenceClient, open_presence_client
 from presence_actors.config import Settings
-from presence_actors.workers import worker_settings
+from presence_actors.workers import Supervisor, worker_settings
 
 from .process_harness import child_env, http, run_cli, write_config
 from .redis_harness import RedisServer, open_redis
@@ -413,3 +413,43 @@ async def test_a_killed_workers_users_go_offline_and_the_others_stay(tmp_path: P
             for _ in range(10):
                 assert await _presence(server.base_url, USERS) == expected
             assert await server.stop() == 0, server.stderr()
+
+
+# --- the supervisor against workers that misbehave ----------------------------------------
+
+
+def _supervisor(program: str, **options: float) -> Supervisor:
+    """A supervisor of 2 workers that each run ``python -c PROGRAM``."""
+    defaults = Settings()
+    settings = attrs.evolve(
+        defaults,
+        server=attrs.evolve(defaults.server, port=0, workers=2, graceful_timeout=1.0),
+        cluster=attrs.evolve(defaults.cluster, redis_url="redis://127.0.0.1:1"),
+    )
+    return Supervisor(
+        settings,
+        lambda index, port: [sys.executable, "-c", program],
+        lambda url: pytest.fail(f"announced {url}"),
+        **options,
+    )
+
+
+async def test_a_worker_that_writes_garbage_is_killed_after_a_bounded_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Megabytes without a newline: read up to the line limit, then refused.
+    program = "import sys, time; sys.stdout.write('x' * 10_000_000); time.sleep(60)"
+    with trio.fail_after(TEST_TIMEOUT):
+        assert await _supervisor(program).run() == 1
+    refusals = [r.getMessage() for r in caplog.records if "instead of its ready line" in r.message]
+    assert len(refusals) == 2, caplog.text
+    assert all(f"wrote {b'x' * 80!r} instead" in line for line in refusals)
+    assert "a worker did not start; stopping the others" in caplog.text
+
+
+async def test_a_worker_that_says_nothing_is_killed_after_the_startup_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        assert await _supervisor("import time; time.sleep(60)", startup_timeout=0.5).run() == 1
+    assert caplog.text.count("said nothing in 0.5 s; killing it") == 2, caplog.text
