@@ -168,7 +168,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes sharing the port, each a node (overrides server.workers;"
         " more than 1 needs cluster.redis_url)",
     )
-    # Set by the supervising process on the workers it starts (see workers.py).
+    # Set by the supervising process on the workers it starts (see workers/).
     parser.add_argument("--worker", type=_workers, help=argparse.SUPPRESS)
 
 

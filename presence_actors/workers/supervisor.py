@@ -1,41 +1,34 @@
-"""``server.workers = N``: one parent process supervising N worker processes that serve
-one port together, each a node of the cluster.
+"""The supervisor: N worker processes on one port, restarted when they die, stopped
+together.
 
-Each worker is ``python -m presence_actors serve --worker I``: the same program as a
-single server (the same settings from the same file and environment, logging, exit
-statuses and signal handling), started with :func:`trio.lowlevel.open_process` rather
-than ``multiprocessing``: trio waits for a child and reads its pipes natively, nothing
-is pickled, and a child can be put in its own process group at fork time, so a Ctrl-C
-in a terminal reaches only the parent, which forwards it once.
+Each worker is ``python -m presence_actors serve --worker I`` (see :mod:`.worker`),
+started with :func:`trio.lowlevel.open_process` rather than ``multiprocessing``: trio
+waits for a child and reads its pipes natively, nothing is pickled, and a child can
+be put in its own process group at fork time, so a Ctrl-C in a terminal reaches only
+the supervisor, which forwards it once.
 
 The workers share the port through ``SO_REUSEPORT``: each listens on its own socket
 and the kernel spreads new connections over them, so no process accepts for another.
-The parent holds the port bound, not listening, for its whole run: a port of 0
+The supervisor holds the port bound, not listening, for its whole run: a port of 0
 becomes one real port every worker (and every restart) binds, and no other program
 can take it between restarts. It receives no connections.
-
-Between parent and worker: the worker's stdout carries one line, ``ready URL``, once
-it serves; its stdin is a pipe the parent never writes, so that the worker sees end
-of file when the parent is gone (even after a ``kill -9``) and stops as on SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import attrs
 import trio
 
-from .config import ConfigError, Settings
-from .gateway.server import RunningServer, serve_until_signalled
+from ..config import Settings
+from .worker import READY_LINE, READY_LINE_LIMIT, check_workers
 
 log = logging.getLogger("presence_actors.workers")
 
@@ -49,46 +42,7 @@ BACKOFF_RESET = 30.0
 # A worker's stop is bounded like serve's (twice the graceful timeout, see
 # gateway.server's watchdog); this leaves room for its own margin and the exit.
 STOP_MARGIN = 10.0
-# The ready line is ``ready URL``; a URL is far shorter.
-_READY_LINE_LIMIT = 4096
-_READY_LINE = re.compile(rb"ready (https?://[!-~]+)")
 EXIT_FAILED = 1
-
-
-def check_workers(settings: Settings) -> None:
-    """Refuse ``workers > 1`` without Redis: the workers would be separate servers
-    that neither see each other's users nor share a database."""
-    workers = settings.server.workers
-    if workers > 1 and not settings.cluster.redis_url:
-        raise ConfigError(
-            f"server.workers = {workers}: expected cluster.redis_url (or REDIS_URL) to be"
-            " set: workers are nodes of a cluster, and a cluster needs Redis"
-        )
-
-
-def worker_settings(settings: Settings, index: int, pid: int) -> Settings:
-    """The settings of worker ``index`` running as process ``pid``: a node name of its
-    own (``server.node``, else the host name, then ``-index-pid``) and a log file of its
-    own (``-index`` before the suffix): rotation is not safe across processes. (A node
-    of a cluster opens no database: the shared facts are in Redis.)
-
-    The node name changes with every restart: a node is one process and its sessions.
-    Under the same name, a worker restarted before its predecessor's liveness expired
-    (``cluster.node_ttl``) would keep that liveness alive, and the sessions that died
-    with the predecessor would never be counted as lost.
-    """
-    server = settings.server
-    node = f"{server.node or socket.gethostname()}-{index}-{pid}"
-    logging_ = settings.logging
-    if logging_.file:
-        logging_ = attrs.evolve(logging_, file=_numbered(logging_.file, index))
-    return attrs.evolve(settings, server=attrs.evolve(server, node=node), logging=logging_)
-
-
-def _numbered(path: str, index: int) -> str:
-    """``logs/presence.log`` -> ``logs/presence-2.log``."""
-    file = Path(path)
-    return str(file.with_name(f"{file.stem}-{index}{file.suffix}"))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -105,34 +59,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-async def serve_worker(settings: Settings) -> None:
-    """A worker's life: serve as ``serve`` does until SIGINT or SIGTERM, say ``ready``
-    to the parent once listening, and stop if the parent is gone."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_when_orphaned)
-        async with trio.open_nursery() as serving:
-            server: RunningServer = await serving.start(serve_until_signalled, settings)
-            _report_ready(server.base_url)
-        nursery.cancel_scope.cancel()
-
-
-async def _stop_when_orphaned() -> None:
-    """In a worker: wait for end of file on stdin (the parent's pipe), then send this
-    process SIGTERM, so that it stops the way the parent would have stopped it."""
-    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    async with stream:
-        while await stream.receive_some(_READY_LINE_LIMIT):
-            pass
-    log.warning("the supervising process is gone; stopping")
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _report_ready(base_url: str) -> None:
-    """In a worker: tell the parent it serves (its only line on stdout)."""
-    sys.stdout.write(f"ready {base_url}\n")
-    sys.stdout.flush()
 
 
 @attrs.define
@@ -239,7 +165,7 @@ class Supervisor:
             line = await _read_line(process.stdout)
         if line == b"":
             return None
-        if line is not None and (ready := _READY_LINE.fullmatch(line)):
+        if line is not None and (ready := READY_LINE.fullmatch(line)):
             url = ready[1].decode("ascii")
             log.info("worker %d (pid %d) serves %s", worker.index, process.pid, url)
             return url
@@ -260,7 +186,7 @@ class Supervisor:
             assert process is not None
             assert process.stdout is not None
             # Drained, so that a worker that writes to its stdout is never blocked.
-            while await process.stdout.receive_some(_READY_LINE_LIMIT):
+            while await process.stdout.receive_some(READY_LINE_LIMIT):
                 pass
             status = await process.wait()
             if trio.current_time() - worker.started_at >= BACKOFF_RESET:
@@ -338,8 +264,8 @@ async def _first_of(event: trio.Event, signals: AsyncIterator[int]) -> int | Non
 async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
     """Bytes up to the first newline (or end of file, or the limit)."""
     line = bytearray()
-    while b"\n" not in line and len(line) < _READY_LINE_LIMIT:
-        chunk = await stream.receive_some(_READY_LINE_LIMIT - len(line))
+    while b"\n" not in line and len(line) < READY_LINE_LIMIT:
+        chunk = await stream.receive_some(READY_LINE_LIMIT - len(line))
         if not chunk:
             break
         line += chunk
@@ -359,6 +285,6 @@ def _child_env() -> dict[str, str]:
     """This environment, with the directory holding this ``presence_actors`` first on
     the import path, so that every worker runs the parent's code."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
