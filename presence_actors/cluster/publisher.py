@@ -69,12 +69,20 @@ class Merger:
         self._now_ms = now_ms
         self.merges = 0  # run in Redis (metrics)
 
-    async def run(self, client: Any, script: Any, merges: list[Merge]) -> list[MergedView | None]:
+    async def run(
+        self,
+        client: Any,
+        script: Any,
+        merges: list[Merge],
+        first: Callable[[Any], None] | None = None,
+    ) -> list[MergedView | None]:
         """Merge each (None where the node was fenced); one round trip for the merges
-        and one for the read model."""
+        (after what ``first`` puts in the same pipeline) and one for the read model."""
         now = self._now_ms()
         replies = []
         async with client.pipeline(transaction=False) as pipe:
+            if first is not None:
+                first(pipe)
             for merge in merges:
                 replies.append(
                     script(keys=_keys(merge.user_id), args=self._args(merge, now), client=pipe)
@@ -218,18 +226,23 @@ class Publisher:
                     event.device,
                 )
             )
-        views = await self._merger.run(client, script, merges)
+        # A user this node starts to hold an entry for is recorded in the same round
+        # trip as the entry: if the node dies, whoever cleans up after it finds it.
+        holding = [r.user_id for r in batch if not r.withdrawn and r.user_id not in self._held]
+        node_users = keys.node_users(self._node, self.epoch)
+
+        def record(pipe: Any) -> None:
+            if holding:
+                pipe.sadd(node_users, holding)
+
+        views = await self._merger.run(client, script, merges, record)
         if any(view is None for view in views):
             raise Fenced(f"node {self._node} at epoch {self.epoch} was taken for dead")
-        async with client.pipeline(transaction=False) as pipe:
-            for report in batch:
-                user = report.user_id
-                if report.withdrawn and user in self._held:
-                    self._held.discard(user)
-                    pipe.srem(keys.node_users(self._node, self.epoch), [user])
-                elif not report.withdrawn and user not in self._held:
-                    self._held.add(user)
-                    pipe.sadd(keys.node_users(self._node, self.epoch), [user])
+        self._held.update(holding)
+        released = [r.user_id for r in batch if r.withdrawn and r.user_id in self._held]
+        if released:
+            self._held.difference_update(released)
+            await client.srem(node_users, released)
         for report, view in zip(batch, views, strict=True):
             self._events.pop(report.user_id, None)
             assert view is not None
