@@ -23,8 +23,8 @@ from .model import (
     UserView,
     Visibility,
     format_timestamp,
-    is_valid_user_id,
     parse_timestamp,
+    user_id_problem,
 )
 
 T = TypeVar("T")
@@ -68,16 +68,31 @@ _converter.register_structure_hook(float, _strict(float, "a number"))
 _converter.register_structure_hook(bool, _strict(bool, "a boolean"))
 
 
-def _structure_ids(value: Any, _: type) -> tuple[str, ...]:
-    if type(value) is not list:
-        raise ValueError(f"expected an array of user ids, got {_json_kind(value)}")
-    for item in value:
-        if not is_valid_user_id(item):
-            raise p.ProtocolError(p.ErrorCode.INVALID_USER_ID, f"invalid user id {item!r}")
-    return tuple(value)
+def _check_user_id(value: Any, name: str) -> str:
+    """``value`` if it is a user id; else INVALID_USER_ID saying what is wrong with it."""
+    if value is not None and not isinstance(value, str):
+        raise p.ProtocolError(
+            p.ErrorCode.INVALID_USER_ID, f"{name} must be a string, got {_json_kind(value)}"
+        )
+    problem = user_id_problem(value, name)
+    if problem is not None:
+        raise p.ProtocolError(p.ErrorCode.INVALID_USER_ID, problem)
+    assert isinstance(value, str)
+    return value
 
 
-_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_ids)
+def _ids_hook(name: str) -> Callable[[Any, type], tuple[str, ...]]:
+    def structure(value: Any, _: type) -> tuple[str, ...]:
+        if type(value) is not list:
+            raise ValueError(f"expected an array of user ids, got {_json_kind(value)}")
+        for index, item in enumerate(value):
+            _check_user_id(item, f"{name}[{index}]")
+        return tuple(value)
+
+    return structure
+
+
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _ids_hook("user ids"))
 
 
 def _enum_hook(kind: type[Any], code: p.ErrorCode, what: str) -> Callable[[Any, type], Any]:
@@ -105,16 +120,15 @@ _converter.register_structure_hook(
 
 
 def _target_user_id(value: Any, _: type) -> str:
-    if not is_valid_user_id(value):
-        raise p.ProtocolError(p.ErrorCode.INVALID_USER_ID, f"invalid user id {value!r}")
-    return value  # type: ignore[no-any-return]
+    return _check_user_id(value, "targetUserId")
 
 
 for _cls in p.CLIENT_MESSAGES:
     _overrides: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in fields(_cls)}
-    for _name in ("target_user_id",):
-        if _name in _overrides:
-            _overrides[_name] = override(rename=_camel(_name), struct_hook=_target_user_id)
+    if "target_user_id" in _overrides:
+        _overrides["target_user_id"] = override(rename="targetUserId", struct_hook=_target_user_id)
+    if "user_ids" in _overrides:
+        _overrides["user_ids"] = override(rename="userIds", struct_hook=_ids_hook("userIds"))
     _converter.register_structure_hook(_cls, make_dict_structure_fn(_cls, _converter, **_overrides))
 
 _CLIENT_TYPES: dict[str, type[p.ClientMessage]] = {cls.TYPE: cls for cls in p.CLIENT_MESSAGES}

@@ -155,6 +155,10 @@ DurationOrZero = Annotated[float, _duration(allow_zero=True)]
 # Sizes and counts that make no sense below one.
 Count = Annotated[int, _at_least(1)]
 
+# RFC 7518 3.2: an HMAC key must be at least as long as the hash output (256 bits
+# for HS256); a token signed with a shorter one can be brute-forced offline.
+MIN_JWT_SECRET = 32
+
 # "none" is left out on purpose: it would accept unsigned tokens.
 _JWT_ALGORITHMS = tuple(
     f"{kind}{bits}" for kind in ("HS", "RS", "ES", "PS") for bits in (256, 384, 512)
@@ -183,6 +187,13 @@ class ServerSettings:
     node: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Open connections at most; 0 derives it from the process's descriptor limit
+    # (see gateway.admission). Past it a new connection gets a short 503 and is closed.
+    max_connections: Annotated[int, _at_least(0)] = 0
+    # Longest time a request body may take to arrive, from the end of its head.
+    body_timeout: Duration = 10.0
+    # Longest silence while a request body is arriving.
+    body_idle_timeout: Duration = 5.0
 
 
 @frozen
@@ -222,6 +233,11 @@ class LimitSettings:
     # A session over its rate for this long is closed (1008).
     abuse_window: Duration = 5.0
     outbound_queue: Count = 1000
+    # Bytes waiting behind the frame being written before a session counts as a
+    # slow consumer (1013); see config.toml for why this value.
+    outbound_bytes: Count = 1 << 20
+    # Frames one WebSocket message may be split into (frames.MAX_FRAGMENTS).
+    max_fragments: Count = 1024
     status_changes_per_10s: Count = 10
     max_subscriptions: Count = 5000
     max_ids_per_request: Count = 1000
@@ -516,4 +532,22 @@ def _relations(
                 "auth.jwt_public_key_file",
             )
         )
+    if auth is not None and auth.jwt_secret:
+        lines.extend(_secret_length(auth, origins))
     return lines
+
+
+def _secret_length(auth: AuthSettings, origins: Mapping[str, str]) -> list[str]:
+    """A line when ``auth.jwt_secret`` is shorter than its HMAC's hash (RFC 7518 3.2),
+    and never shorter than :data:`MIN_JWT_SECRET`; the value itself is not shown."""
+    hmacs = [a for a in auth.jwt_algorithms if a.startswith("HS")] or ["HS256"]
+    strongest = max(hmacs, key=lambda a: int(a[2:]))
+    needed = max(MIN_JWT_SECRET, int(strongest[2:]) // 8)
+    length = len(auth.jwt_secret.encode())
+    if length >= needed:
+        return []
+    prefix = f"{origins['auth.jwt_secret']}: " if "auth.jwt_secret" in origins else ""
+    return [
+        f"{prefix}auth.jwt_secret is {length} bytes long: expected at least {needed} bytes"
+        f" for {strongest} (a shorter secret can be guessed offline from one token)"
+    ]

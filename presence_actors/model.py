@@ -51,13 +51,53 @@ class Visibility(enum.Enum):
     NOBODY = "nobody"
 
 
-_USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+MAX_USER_ID = 128
+_USER_ID = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_USER_ID}}}")
+_USER_ID_CHARACTER = re.compile(r"[A-Za-z0-9_.:@-]")
+USER_ID_RULE = f"1-{MAX_USER_ID} characters from A-Z a-z 0-9 _ . : @ -"
 MAX_USERNAME = 64
 MAX_STATUS_MESSAGE = 140
+# How much of a refused value an error message repeats: enough to recognise it,
+# never a whole hostile input reflected back.
+_SHOWN = 40
 
 
 def is_valid_user_id(value: object) -> bool:
     return isinstance(value, str) and _USER_ID.fullmatch(value) is not None
+
+
+def user_id_problem(value: object, name: str = "userId") -> str | None:
+    """What is wrong with ``value`` as a user id, in one sentence naming the field
+    ``name``; None when it is a valid user id.
+
+    Missing (None), empty, too long, not a string, or the first character that
+    is not allowed (with its position and code point), so a client learns what
+    to fix instead of being told the id is required when it sent one.
+    """
+    if is_valid_user_id(value):
+        return None
+    if value is None:
+        return f"{name} is required: {USER_ID_RULE}"
+    if not isinstance(value, str):
+        return f"{name} must be a string of {USER_ID_RULE}, got {type(value).__name__}"
+    if not value:
+        return f"{name} is empty: expected {USER_ID_RULE}"
+    if len(value) > MAX_USER_ID:
+        return f"{name} is {len(value)} characters long: at most {MAX_USER_ID}"
+    position, bad = next(
+        (i, c) for i, c in enumerate(value, 1) if _USER_ID_CHARACTER.fullmatch(c) is None
+    )
+    return (
+        f"{name} {shown(value)} has {bad!r} (U+{ord(bad):04X}) at position {position}:"
+        " only A-Z a-z 0-9 _ . : @ - are allowed"
+    )
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut after a few dozen characters."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return repr(value[:_SHOWN]) + f"... ({len(value)} characters)"
 
 
 @frozen

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -63,6 +64,14 @@ class ServerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
@@ -73,9 +82,22 @@ class ServerProcess:
             return await self.process.wait()
 
 
+def _limit_descriptors(nofile: int) -> Callable[[], None]:
+    def limit() -> None:  # runs in the child, between fork and exec
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    return limit
+
+
 @asynccontextmanager
-async def server_process(workdir: Path, config: Path) -> AsyncIterator[ServerProcess]:
-    """``python -m presence_actors serve`` on a free port, once it listens; killed at the end."""
+async def server_process(
+    workdir: Path, config: Path, *, nofile: int | None = None
+) -> AsyncIterator[ServerProcess]:
+    """``python -m presence_actors serve`` on a free port, once it listens; killed at the end.
+
+    ``nofile`` lowers the child's RLIMIT_NOFILE (its soft limit) before it starts.
+    """
     stderr_path = workdir / f"server-{next(_numbers)}.stderr"
     with stderr_path.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
@@ -84,6 +106,7 @@ async def server_process(workdir: Path, config: Path) -> AsyncIterator[ServerPro
             stderr=stderr,
             cwd=workdir,
             env=child_env(),
+            preexec_fn=None if nofile is None else _limit_descriptors(nofile),
         )
         try:
             assert process.stdout is not None

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from trio_websocket import open_websocket_url
 from presence_actors.config import AuthSettings
 from presence_actors.gateway.auth import mint_token
 
+from .process_harness import child_env
 from .server_harness import RawClient, running_server, ws_client, ws_url
 from .test_http_api import http
 from .test_websocket import closed_with
@@ -174,3 +181,111 @@ def test_minted_tokens_verify() -> None:
     claims = jwt.decode(value, SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert 3590 <= claims["exp"] - time.time() <= 3600
+
+
+# --- hostile tokens and weak secrets (issue 11, item 12) ----------------------------------
+
+
+def hs256_signed_with(key: bytes, claims: dict[str, Any]) -> str:
+    """An HS256 token whose HMAC key is ``key`` — here the server's RSA public key
+    file, the classic key-confusion forgery. Made by hand: PyJWT refuses to."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+async def test_an_hs256_token_signed_with_the_public_key_is_unauthorized_everywhere(
+    tmp_path: Path,
+) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    auth = {
+        "mode": "jwt",
+        "jwt_public_key_file": str(public_file),
+        "jwt_algorithms": ["RS256", "HS256"],
+    }
+    forged = hs256_signed_with(
+        public_file.read_bytes(), {"sub": "mallory", "exp": int(time.time()) + 600}
+    )
+    async with running_server(tmp_path, auth=auth) as server:
+        error, code = await refused(server, token=forged)
+        assert (error["code"], code) == ("UNAUTHORIZED", 1008)
+        bearer = {"Authorization": f"Bearer {forged}"}
+        status, body = await http(server.base_url + "/api/users", headers=bearer)
+        assert (status, body["error"]["code"]) == (401, "UNAUTHORIZED")
+        status, body = await http(
+            server.base_url + "/presence.v1.PresenceService/GetUserStatus",
+            "POST",
+            {"userId": "alice"},
+            {**bearer, "Content-Type": "application/json"},
+        )
+        assert (status, body["code"], body["message"].split(":")[0]) == (
+            401,
+            "unauthenticated",
+            "UNAUTHORIZED",
+        )
+        # The server goes on: a genuine RS256 token still works.
+        async with ws_client(server, None, token=token("carol", private, "RS256")) as carol:
+            assert carol.received[0]["userId"] == "carol"
+
+
+def refused_at_start(tmp_path: Path, **variables: str) -> str:
+    """The one line ``serve`` prints on stderr when it refuses to start (it must)."""
+    environment = {
+        **child_env(),
+        "PRESENCE_PERSISTENCE_PATH": str(tmp_path / "presence.db"),
+        "PRESENCE_LOGGING_FILE": "",
+        **variables,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "presence_actors", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_short_jwt_secret_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    line = refused_at_start(tmp_path, PRESENCE_AUTH_MODE="jwt", PRESENCE_AUTH_JWT_SECRET="abc")
+    assert line == (
+        "presence-actors: PRESENCE_AUTH_JWT_SECRET: auth.jwt_secret is 3 bytes long:"
+        " expected at least 32 bytes for HS256 (a shorter secret can be guessed offline"
+        " from one token)"
+    )
+
+
+def test_a_public_key_no_configured_algorithm_can_use_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    """A public key file with the default algorithms (HS256): every token would be
+    refused; today the server says so at start instead."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    line = refused_at_start(
+        tmp_path, PRESENCE_AUTH_MODE="jwt", PRESENCE_AUTH_JWT_PUBLIC_KEY_FILE=str(public_file)
+    )
+    assert line.startswith(
+        "presence-actors: auth.jwt_algorithms = ['HS256']: none can check tokens with"
+        f" auth.jwt_public_key_file = {str(public_file)!r} (HS256: "
+    )

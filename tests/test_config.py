@@ -422,9 +422,12 @@ def test_jwt_mode_needs_a_secret_or_a_public_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["jwt_secret", "jwt_public_key_file"])
 def test_jwt_mode_with_a_secret_or_a_public_key(tmp_path: Path, key: str) -> None:
-    settings = load(tmp_path, f"[auth]\nmode = 'jwt'\n{key} = 'k'\njwt_algorithms = ['RS256']\n")
+    value = "k" * 32
+    settings = load(
+        tmp_path, f"[auth]\nmode = 'jwt'\n{key} = '{value}'\njwt_algorithms = ['RS256']\n"
+    )
     assert settings.auth.mode == "jwt"
-    assert getattr(settings.auth, key) == "k"
+    assert getattr(settings.auth, key) == value
 
 
 # --- the file itself -------------------------------------------------------------------------

@@ -18,14 +18,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from presence_actors.gateway.frames import (
-    FrameReader,
-    HandshakeError,
-    Kind,
-    accept_upgrade,
-    close_frame,
-    frame,
-)
+from presence_actors.gateway.frames import FrameReader, Kind, close_frame, frame
+from presence_actors.gateway.handshake import HandshakeError, accept_upgrade
 
 
 def client() -> Connection:
@@ -168,3 +162,92 @@ def test_bad_handshakes_get_an_http_answer(change: tuple[bytes, bytes], status: 
     with pytest.raises(HandshakeError) as refused:
         accept_upgrade(head.replace(*change))
     assert refused.value.response.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+HEAD = (
+    b"GET /ws HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"Sec-WebSocket-Version: 13\r\n",
+        b"Sec-WebSocket-Version: 8\r\n",
+        b"Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n",
+        b"Host: other\r\n",
+    ],
+)
+def test_a_repeated_single_header_is_refused(extra: bytes) -> None:
+    """RFC 6455 4.2.1 / 11.3: one key, one version; RFC 7230 5.4: one Host."""
+    with pytest.raises(HandshakeError, match="duplicate") as refused:
+        accept_upgrade(HEAD[:-2] + extra + b"\r\n")
+    assert refused.value.response.startswith(b"HTTP/1.1 400 ")
+
+
+def test_list_headers_split_over_lines_are_one_list() -> None:
+    """RFC 7230 3.2.2: ``Connection: keep-alive`` + ``Connection: Upgrade`` is one list."""
+    for split, joined in [
+        (b"Connection: keep-alive\r\nConnection: Upgrade\r\n", "keep-alive, Upgrade"),
+        (b"Connection: Upgrade\r\nConnection: keep-alive\r\n", "Upgrade, keep-alive"),
+    ]:
+        upgrade = accept_upgrade(HEAD.replace(b"Connection: Upgrade\r\n", split))
+        assert upgrade.headers["connection"] == joined
+        assert upgrade.response.startswith(b"HTTP/1.1 101 ")
+
+
+def test_an_absolute_form_target_is_accepted() -> None:
+    """RFC 7230 5.3.2: ``GET http://host:port/ws?... HTTP/1.1``."""
+    upgrade = accept_upgrade(HEAD.replace(b"GET /ws ", b"GET http://example:8080/ws?userId=a "))
+    assert upgrade.query == {"userId": "a"}
+    with pytest.raises(HandshakeError):
+        accept_upgrade(HEAD.replace(b"GET /ws ", b"GET http://example:8080/other?userId=a "))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"Bad Name: x\r\n", b"Name : x\r\n", b" folded continuation\r\n", b"no colon\r\n"],
+)
+def test_malformed_header_lines_are_refused(line: bytes) -> None:
+    with pytest.raises(HandshakeError, match="malformed"):
+        accept_upgrade(HEAD[:-2] + line + b"\r\n")
+
+
+def test_fragments_cost_their_frames_against_the_limit() -> None:
+    """A message of N frames costs its payload plus FRAME_COST per frame after the first."""
+    limit = 100
+    # 5 frames of 10 bytes: 50 + 4 * 16 = 114 > 100.
+    wire = masked(0x1, b"a" * 10, first=0x01) + masked(0x0, b"a" * 10, first=0x00) * 3
+    reader = FrameReader(limit)
+    reader.feed(wire + masked(0x0, b"a" * 10))
+    received = reader.next()
+    assert received is not None
+    assert received.kind is Kind.TOO_BIG
+    # The same 50 bytes in 2 frames: 50 + 16 = 66, fine.
+    reader = FrameReader(limit)
+    reader.feed(masked(0x1, b"a" * 25, first=0x01) + masked(0x0, b"a" * 25))
+    received = reader.next()
+    assert received is not None
+    assert (received.kind, received.data) == (Kind.TEXT, "a" * 50)
+
+
+def test_empty_fragments_are_not_free_and_their_number_is_capped() -> None:
+    reader = FrameReader(1 << 20, max_fragments=1024)
+    reader.feed(masked(0x1, b"", first=0x01) + masked(0x0, b"", first=0x00) * 1024)
+    received = reader.next()
+    assert received is not None
+    assert received.kind is Kind.TOO_BIG  # the 1025th frame
+    empty = FrameReader(1024, max_fragments=10**6)
+    empty.feed(masked(0x1, b"", first=0x01) + masked(0x0, b"", first=0x00) * 65)
+    received = empty.next()
+    assert received is not None
+    assert received.kind is Kind.TOO_BIG  # 65 * 16 > 1024, with no payload at all
+
+
+def test_invalid_utf8_fails_at_the_fragment_that_shows_it() -> None:
+    reader = FrameReader(1024)
+    reader.feed(masked(0x1, "é".encode() + b"\xff", first=0x01))
+    received = reader.next()
+    assert received is not None
+    assert (received.kind, received.code) == (Kind.FAILED, 1007)

@@ -286,7 +286,11 @@ async def test_error_statuses(
         code, message = await grpc_.error("SetUserStatus", user_id="alice", status=7)
         assert (code, message.endswith("got 7")) == (invalid, True)
         code, message = await grpc_.error("SetUserStatus", user_id="not valid!", status=pb.ONLINE)
-        assert (code, message) == (invalid, "INVALID_USER_ID: invalid user id 'not valid!'")
+        assert (code, message) == (
+            invalid,
+            "INVALID_USER_ID: user_id 'not valid!' has ' ' (U+0020) at position 4:"
+            " only A-Z a-z 0-9 _ . : @ - are allowed",
+        )
         code, message = await grpc_.error(
             "SetUserStatus", user_id="alice", status=pb.ONLINE, status_message="x" * 141
         )
@@ -295,7 +299,10 @@ async def test_error_statuses(
             "INVALID_MESSAGE: status_message is limited to 140 characters",
         )
         code, message = await grpc_.error("GetUserStatus", user_id="")
-        assert (code, message) == (invalid, "INVALID_USER_ID: invalid user id ''")
+        assert (code, message) == (
+            invalid,
+            "INVALID_USER_ID: user_id is required: 1-128 characters from A-Z a-z 0-9 _ . : @ -",
+        )
         code, message = await grpc_.error("GetMultipleUserStatus", user_ids=["a", "b", "c", "d"])
         assert (code, message) == (exhausted, "LIMIT_EXCEEDED: at most 3 user ids per request")
 
@@ -343,7 +350,7 @@ async def test_error_statuses(
 def _refusing(code: ErrorCode) -> Callable[..., Any]:
     from presence_actors.gateway.auth import AuthError
 
-    def acting_user(headers: dict[str, str], claimed: str) -> Any:
+    def acting_user(headers: dict[str, str], claimed: str, name: str = "user_id") -> Any:
         raise AuthError(code, "no", 401)
 
     return acting_user

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jwt
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -217,3 +220,122 @@ async def test_admin_routes_need_the_admin_token_when_one_is_set(tmp_path: Path)
             url, "PUT", {"visibility": "nobody"}, {"Authorization": "Bearer s3cret"}
         )
         assert (status, body["success"]) == (200, True)
+
+
+# --- who may see what: stats and metrics (issue 11, item 11) ----------------------------
+
+ADMIN = {"Authorization": "Bearer ops-secret"}
+PUBLIC_STATS = {"success", "onlineUsers", "uptimeSeconds", "node"}
+
+
+async def test_stats_show_callers_without_the_admin_token_only_what_they_may_see(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_server(tmp_path, auth={"admin_token": "ops-secret"}) as server,
+        ws_client(server, "alice") as alice,
+        ws_client(server, "bob") as bob,
+    ):
+        await bob.request({"type": "set_privacy", "visibility": "nobody"}, "privacy_updated")
+        url = server.base_url + "/api/stats"
+        status, stats = await http(url)
+        assert (status, set(stats)) == (200, PUBLIC_STATS)
+        # bob is hidden: anonymous callers count what they may see, as the list shows.
+        status, listed = await http(server.base_url + "/api/users?status=online")
+        assert stats["onlineUsers"] == len(listed["users"]) == 1
+        # A wrong token is no admin: the same public figures.
+        status, wrong = await http(url, headers={"Authorization": "Bearer guess"})
+        assert (status, set(wrong), wrong["onlineUsers"]) == (200, PUBLIC_STATS, 1)
+        status, full = await http(url, headers=ADMIN)
+        assert status == 200
+        assert {k: full[k] for k in ("onlineUsers", "connections", "sessions", "knownUsers")} == {
+            "onlineUsers": 2,
+            "connections": 2,
+            "sessions": 2,
+            "knownUsers": 2,
+        }
+        assert {"pushes", "messagesIn", "uptimeSeconds", "node"} <= set(full)
+        own = await alice.request({"type": "get_online_count"}, "online_count")
+        assert own["count"] == 1
+
+
+async def test_stats_in_jwt_mode_need_a_token_and_count_as_its_user_sees(tmp_path: Path) -> None:
+    secret = "s" * 32
+    auth = {"mode": "jwt", "jwt_secret": secret, "admin_token": "ops-secret"}
+
+    def bearer(user: str) -> dict[str, str]:
+        claims = {"sub": user, "exp": int(time.time()) + 600}
+        return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+
+    async with running_server(tmp_path, auth=auth) as server:
+        alice_token = bearer("alice")["Authorization"].split()[1]
+        bob_token = bearer("bob")["Authorization"].split()[1]
+        async with (
+            ws_client(server, None, token=alice_token),
+            ws_client(server, None, token=bob_token) as bob,
+        ):
+            await bob.request({"type": "set_privacy", "visibility": "nobody"}, "privacy_updated")
+            url = server.base_url + "/api/stats"
+            status, body = await http(url)
+            assert (status, body["error"]["code"]) == (401, "UNAUTHORIZED")
+            status, seen = await http(url, headers=bearer("carol"))
+            assert (status, set(seen), seen["onlineUsers"]) == (200, PUBLIC_STATS, 1)
+            status, own = await http(url, headers=bearer("bob"))
+            assert own["onlineUsers"] == 2  # bob sees himself
+            status, full = await http(url, headers=ADMIN)
+            assert (full["onlineUsers"], full["sessions"]) == (2, 2)
+
+
+async def test_metrics_need_the_admin_token(tmp_path: Path) -> None:
+    async with running_server(tmp_path, auth={"admin_token": "ops-secret"}) as server:
+        url = server.base_url + "/metrics"
+        status, body = await http(url)
+        assert (status, body["error"]["code"]) == (401, "UNAUTHORIZED")
+        status, body = await http(url, headers={"Authorization": "Bearer guess"})
+        assert status == 401
+        status, text = await http(url, headers=ADMIN)
+        assert status == 200
+        assert "presence_online_users" in text
+    # jwt mode without an admin token: closed, like the admin routes.
+    auth = {"mode": "jwt", "jwt_secret": "s" * 32}
+    async with running_server(tmp_path / "jwt", auth=auth) as server:
+        status, body = await http(server.base_url + "/metrics")
+        assert (status, body["error"]["code"]) == (403, "FORBIDDEN")
+
+
+# --- query parameters (issue 11, item 13) --------------------------------------------------
+
+
+async def test_hostile_numbers_and_times_are_400_naming_the_parameter(tmp_path: Path) -> None:
+    superscript = urllib.parse.quote("²")
+    fullwidth = urllib.parse.quote("\uff11\uff12")
+    cases = [
+        ("/users?limit=" + superscript, "limit"),
+        ("/users?limit=" + fullwidth, "limit"),
+        ("/users?limit=" + "9" * 4301, "LIMIT_EXCEEDED"),
+        ("/users?limit=-5", "limit"),
+        ("/users?limit=1.5", "limit"),
+        ("/users?cursor=" + "A" * 5000, "cursor"),
+        ("/users/alice/history?since=" + superscript, "since"),
+        ("/users/alice/history?since=" + "9" * 4301, "since"),
+        ("/users/alice/history?until=" + "9" * 20, "until"),
+        ("/users/alice/history?until=99999-01-01T00:00:00Z", "until"),
+        ("/users/alice/history?since=" + "2026-01-01T00:00:00" + "0" * 5000, "since"),
+        ("/users/alice/history?limit=" + superscript, "limit"),
+        ("/admin/events?limit=" + superscript, "limit"),
+        ("/admin/events?limit=" + "9" * 4301, None),  # "at most 1000": the most, not an error
+    ]
+    async with running_server(tmp_path) as server, ws_client(server, "alice"):
+        api = server.base_url + "/api"
+        for path, named in cases:
+            status, body = await http(api + path)
+            if named is None:
+                assert status == 200, path
+                continue
+            assert status == 400, (path[:60], status, body)
+            if named == "LIMIT_EXCEEDED":
+                assert body["error"]["code"] == "LIMIT_EXCEEDED"
+            else:
+                assert body["error"]["code"] == "INVALID_MESSAGE", path[:60]
+                assert body["error"]["message"].startswith(f"{named} "), body
+            assert len(body["error"]["message"]) < 200  # the value is not echoed whole

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import open_websocket_url
 
+from presence_actors.gateway.admission import (
+    ThrottledLog,
+    connection_cap,
+    default_max_connections,
+)
 from presence_actors.gateway.listener import is_direct_upgrade
 from presence_actors.gateway.websocket import WebSocketGateway
 
@@ -30,6 +36,8 @@ UPGRADE = (
         (UPGRADE, True),
         (UPGRADE.replace(b"Upgrade: websocket", b"UPGRADE:WebSocket"), True),
         (UPGRADE.replace(b"/ws?userId=carol", b"/ws"), True),
+        (UPGRADE.replace(b"/ws?", b"http://x:8080/ws?"), True),  # absolute-form
+        (UPGRADE.replace(b"/ws?", b"http://x:8080/wsx?"), False),
         (UPGRADE.replace(b"/ws?", b"/wsx?"), False),
         (UPGRADE.replace(b"GET", b"POST"), False),
         (UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"), False),
@@ -105,3 +113,72 @@ async def test_a_failing_connection_never_takes_the_server_down(
         assert reply["count"] == 1
         async with ws_client(server, "carol") as carol:
             assert json.dumps(carol.received[0]).count("carol") == 1
+
+
+# --- admission (issue 11, item 9) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nofile", "cap"), [(1024, 864), (20_000, 19_840), (200, 100), (100, 50), (1, 1)]
+)
+def test_the_default_cap_leaves_descriptors_for_the_rest_of_the_process(
+    nofile: int, cap: int
+) -> None:
+    assert default_max_connections(nofile) == cap
+    assert connection_cap(0, nofile) == cap
+    assert connection_cap(7, nofile) == 7  # a configured cap is kept
+
+
+async def test_a_throttled_warning_comes_once_per_interval_with_a_count(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    warning = ThrottledLog("accepting a connection failed", interval=10.0)
+    for _ in range(25):
+        warning.note("EMFILE")
+        await trio.sleep(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "presence_actors.admission"]
+    assert lines == [
+        "accepting a connection failed: EMFILE (1 time(s) since the last report)",
+        "accepting a connection failed: EMFILE (10 time(s) since the last report)",
+        "accepting a connection failed: EMFILE (10 time(s) since the last report)",
+    ]
+
+
+CONN = b"Connection: Upgrade"
+VERSION = b"Sec-WebSocket-Version: 13"
+KEY = b"Sec-WebSocket-Key: "
+
+
+@pytest.mark.parametrize(
+    ("change", "answer"),
+    [
+        # RFC 7230 5.3.2: absolute-form, on the direct path (hypercorn answered 403).
+        ((b"GET /ws?", b"GET http://127.0.0.1/ws?"), b"HTTP/1.1 101 "),
+        # RFC 7230 3.2.2: one list over two lines.
+        ((b"Connection: Upgrade", b"Connection: keep-alive\r\n" + CONN), b"HTTP/1.1 101 "),
+        ((b"Connection: Upgrade", CONN + b"\r\nConnection: keep-alive"), b"HTTP/1.1 101 "),
+        # RFC 6455 4.2.1, 11.3: one key, one version.
+        ((VERSION, VERSION + b"\r\nSec-WebSocket-Version: 8"), b"HTTP/1.1 400 "),
+        ((VERSION, VERSION + b"\r\n" + VERSION), b"HTTP/1.1 400 "),
+        ((KEY, KEY + b"AQIDBAUGBwgJCgsMDQ4PEA==\r\n" + KEY), b"HTTP/1.1 400 "),
+    ],
+)  # fmt: skip
+async def test_the_handshake_follows_the_rfcs_on_a_real_server(
+    tmp_path: Path, change: tuple[bytes, bytes], answer: bytes
+) -> None:
+    async with running_server(tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(UPGRADE.replace(*change))
+            received = b""
+            with trio.fail_after(5):
+                while b"\r\n\r\n" not in received:
+                    chunk = await trio.to_thread.run_sync(raw.recv, 4096)
+                    if not chunk:
+                        break
+                    received += chunk
+                if answer == b"HTTP/1.1 101 ":
+                    while b'"welcome"' not in received:
+                        received += await trio.to_thread.run_sync(raw.recv, 4096)
+        assert received.startswith(answer), received[:200]
+        if answer == b"HTTP/1.1 101 ":
+            assert b'"userId":"carol"' in received

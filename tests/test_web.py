@@ -521,15 +521,22 @@ async def test_ops_shows_counts_rate_and_transitions(tmp_path: Path, web: Browse
             web, f"{server.base_url}/ops?every=1", expected_errors=("status of 401",)
         ) as page:
 
-            def counts() -> None:
+            def public_counts() -> None:
+                # Without the admin token: only what anyone may know.
                 expect(page.locator("#stat-online")).to_have_text("2")
-                expect(page.locator("#stat-connections")).to_have_text("2")
-                expect(page.locator("#stat-known")).to_have_text("3")
+                expect(page.locator("#stat-connections")).to_have_text("\N{EN DASH}")
+                expect(page.locator("#stat-known")).to_have_text("\N{EN DASH}")
+                expect(page.locator("#chart-legend")).to_contain_text("admin token")
                 expect(page.locator("#poll-text")).to_have_text("Live")
                 expect(page.locator("#token-form")).to_be_visible()
                 expect(page.locator("#events-message")).to_contain_text("admin token")
+                page.get_by_label("Admin token", exact=True).fill(ADMIN_TOKEN)
+                page.get_by_role("button", name="Use token").click()
+                expect(page.locator("#token-form")).to_be_hidden()
+                expect(page.locator("#stat-connections")).to_have_text("2")
+                expect(page.locator("#stat-known")).to_have_text("3")
 
-            await web(counts)
+            await web(public_counts)
             await set_status(alice, "busy")
             await set_status(alice, "online")
 
@@ -538,9 +545,6 @@ async def test_ops_shows_counts_rate_and_transitions(tmp_path: Path, web: Browse
                 expect(page.locator("#stat-pushes")).not_to_have_text(
                     "\N{EN DASH}"
                 )  # "no rate yet"
-                page.get_by_label("Admin token").fill(ADMIN_TOKEN)
-                page.get_by_role("button", name="Use token").click()
-                expect(page.locator("#token-form")).to_be_hidden()
                 body = page.locator("#events-body")
                 expect(body.locator("tr", has_text="carol")).to_have_count(2)  # on, then off
                 expect(body.locator("tr", has_text="busy")).to_have_count(1)

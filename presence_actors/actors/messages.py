@@ -109,7 +109,11 @@ class UserPage:
 
 @frozen
 class StatsQuery:
-    pass
+    """Counters; with ``count_visible``, also the online users ``watcher`` may see
+    (``None``: anonymous), which can cost a walk over every user."""
+
+    watcher: str | None = None
+    count_visible: bool = False
 
 
 @frozen
@@ -119,6 +123,8 @@ class EngineStats:
     known_users: int
     actors: int
     pushes: int = 0
+    # Online users the query's watcher may see (its get_online_count), when asked for.
+    visible_online: int | None = None
 
 
 @frozen

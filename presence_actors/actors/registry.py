@@ -383,6 +383,9 @@ class Registry:
             known_users=len(self.directory),
             actors=len(self._actors),
             pushes=self.stats.pushes,
+            visible_online=(
+                self.queries.online_count(query.watcher) if query.count_visible else None
+            ),
         )
 
     def final_offline(self, now_ms: int) -> Iterator[Intent]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 from attrs import define, field
 
+from .. import codec
 from ..model import DeviceType, Status
 from ..protocol import Push, PushBatch, ServerMessage
 
@@ -38,26 +40,106 @@ class Outbox(Protocol):
 
 
 class MemoryOutbox:
-    """A bounded outbox backed by a trio memory channel.
+    """A bounded outbox whose items wait in memory for one consumer task.
 
-    ``offer`` never blocks; items offered after the reader went away are
-    dropped (the session is ending anyway).
+    At most ``capacity`` items and ``max_bytes`` bytes wait (an item's bytes
+    are its JSON: pushes carry their size, another message is encoded when
+    offered, and the consumer may take that encoding with the item:
+    ``receive_entry``); an item that finds nothing waiting is taken whatever
+    its size, so one answer bigger than the bound still goes out. ``offer``
+    never blocks and returns False when full. After ``close`` offers are
+    dropped, and the consumer gets what was queued, then ``EndOfChannel``;
+    ``clear`` drops what waits (a slow consumer's backlog). ``receive`` is the
+    consumer's end, shaped like a trio receive channel.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._send, self.receive = trio.open_memory_channel[Outgoing](capacity)
+    DEFAULT_MAX_BYTES = 1 << 20  # limits.outbound_bytes' default
+
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._items: deque[tuple[Outgoing, int, bytes | None]] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._waiting = trio.lowlevel.ParkingLot()
+        self.receive = MemoryOutbox.Receiver(self)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
     def offer(self, item: Outgoing) -> bool:
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        if self._closed:
+            return True  # the session is ending; there is nobody to keep it for
+        data: bytes | None = None
+        if isinstance(item, Push):
+            size = len(item.payload)
+        elif isinstance(item, PushBatch):
+            size = item.size
+        else:
+            # Once: a bulk answer's prepared encoding is taken by the first encode.
+            data = codec.encode_bytes(item)
+            size = len(data)
+        items = self._items
+        if items and (len(items) >= self._capacity or self._bytes + size > self._max_bytes):
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        items.append((item, size, data))
+        self._bytes += size
+        self._waiting.unpark()
         return True
 
     def close(self) -> None:
-        self._send.close()
+        self._closed = True
+        self._waiting.unpark_all()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    class Receiver:
+        """The consumer's end: ``receive``, ``receive_nowait``, ``async for``."""
+
+        def __init__(self, outbox: MemoryOutbox) -> None:
+            self._outbox = outbox
+
+        def receive_entry_nowait(self) -> tuple[Outgoing, bytes | None]:
+            """The next item and its JSON (None for pushes, which carry theirs)."""
+            outbox = self._outbox
+            if outbox._items:
+                item, size, data = outbox._items.popleft()
+                outbox._bytes -= size
+                return item, data
+            if outbox._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+
+        def receive_nowait(self) -> Outgoing:
+            return self.receive_entry_nowait()[0]
+
+        async def receive_entry(self) -> tuple[Outgoing, bytes | None]:
+            """The next item and its JSON, waiting for one; a checkpoint, like a
+            channel's receive."""
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                try:
+                    entry = self.receive_entry_nowait()
+                except trio.WouldBlock:
+                    await self._outbox._waiting.park()
+                    continue
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return entry
+
+        async def receive(self) -> Outgoing:
+            return (await self.receive_entry())[0]
+
+        def __aiter__(self) -> MemoryOutbox.Receiver:
+            return self
+
+        async def __anext__(self) -> Outgoing:
+            try:
+                return await self.receive()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
 
 
 def _ignore_close(code: int, reason: str) -> None:

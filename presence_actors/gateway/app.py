@@ -1,4 +1,9 @@
-"""One ASGI app on one port: ``/ws``, ``/api``, health, ``/metrics`` and the page."""
+"""One ASGI app on one port: ``/ws``, ``/api``, health, ``/metrics`` and the page.
+
+Every HTTP request's body is bounded here, before any route sees it: at most
+:data:`.asgi.MAX_BODY` bytes, arriving within ``server.body_timeout`` and with no
+silence longer than ``server.body_idle_timeout`` (:func:`.asgi.bounded_receive`).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,19 @@ from ..actors import Engine, StatsQuery
 from ..config import Settings
 from ..metrics import Metrics
 from ..protocol import ErrorCode
-from .asgi import Receive, Scope, Send, respond, respond_error, respond_json
-from .auth import Authenticator
+from .asgi import (
+    MAX_BODY,
+    BodyLimits,
+    Receive,
+    Scope,
+    Send,
+    bounded_receive,
+    headers_of,
+    respond,
+    respond_error,
+    respond_json,
+)
+from .auth import Authenticator, AuthError
 from .grpc_api import GrpcGateway
 from .http_api import HttpApi
 from .websocket import WebSocketGateway
@@ -46,12 +62,15 @@ class PresenceApp:
         )
         self.grpc = GrpcGateway(engine, settings, self.auth)
         self._web = resources.files("presence_actors.gateway") / "web"
+        self._body_limits = BodyLimits(
+            MAX_BODY, settings.server.body_timeout, settings.server.body_idle_timeout
+        )
         metrics.read_engine_with(self._engine_values)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self._http(scope, bounded_receive(receive, self._body_limits), send)
         elif kind == "websocket":
             if scope["path"] == "/ws":
                 await self.websockets.handle(scope, receive, send)
@@ -79,11 +98,21 @@ class PresenceApp:
                 body["reason"] = f"the store cannot be written: {writer.problem}"
             await respond_json(send, 200 if ready else 503, body)
         elif path == "/metrics":
-            await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
+            await self._metrics(scope, send)
         elif scope["method"] in ("GET", "HEAD"):
             await self._static(path, send)
         else:
             await respond_error(send, 404, ErrorCode.INVALID_MESSAGE, f"no route for {path}")
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """The Prometheus text, for callers the admin routes admit (the admin token as
+        a bearer: Prometheus sends it with ``authorization: {credentials: ...}``)."""
+        try:
+            self.auth.admin(headers_of(scope))
+        except AuthError as exc:
+            await respond_error(send, exc.status, exc.code, exc.message)
+            return
+        await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
 
     async def _static(self, path: str, send: Send) -> None:
         name = _PAGES.get(path, path[1:])

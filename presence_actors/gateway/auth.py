@@ -20,7 +20,7 @@ import jwt
 from attrs import frozen
 
 from ..config import AuthSettings, ConfigError
-from ..model import is_valid_user_id
+from ..model import user_id_problem
 from ..protocol import ErrorCode
 
 log = logging.getLogger("presence_actors.auth")
@@ -68,26 +68,43 @@ class Authenticator:
                 raise ConfigError(
                     f"auth.jwt_public_key_file = {settings.jwt_public_key_file!r}: {exc.strerror}"
                 ) from None
+        if self.jwt:
+            self._check_key_fits()
+
+    def _check_key_fits(self) -> None:
+        """ConfigError unless at least one of ``auth.jwt_algorithms`` can check tokens
+        with the configured key (the default HS256 with a public key file, say, would
+        refuse every token)."""
+        reasons = []
+        for name in self.settings.jwt_algorithms:
+            try:
+                jwt.get_algorithm_by_name(name).prepare_key(self._key)
+            except jwt.PyJWTError as exc:
+                reasons.append(f"{name}: {exc}")
+            else:
+                return
+        source = (
+            f"auth.jwt_public_key_file = {self.settings.jwt_public_key_file!r}"
+            if self.settings.jwt_public_key_file
+            else "auth.jwt_secret"
+        )
+        raise ConfigError(
+            f"auth.jwt_algorithms = {list(self.settings.jwt_algorithms)!r}: none can check"
+            f" tokens with {source} ({'; '.join(reasons)})"
+        )
 
     # --- callers -------------------------------------------------------------------
 
     def websocket(self, query: dict[str, str], headers: dict[str, str]) -> Identity:
         """The session's user; raises AuthError (INVALID_USER_ID / UNAUTHORIZED / FORBIDDEN)."""
         self.check_origin(headers)
-        claimed = query.get("userId") or None
         if self.jwt:
+            claimed = query.get("userId") or None  # optional: the token names the user
             identity = self._verify(query.get("token") or bearer(headers))
             if claimed is not None and claimed != identity.user_id:
                 raise _unauthorized("userId does not match the token's subject")
             return identity
-        if not is_valid_user_id(claimed):
-            raise AuthError(
-                ErrorCode.INVALID_USER_ID,
-                "userId is required: 1-128 characters from A-Z a-z 0-9 _ . : @ -",
-                400,
-            )
-        assert claimed is not None
-        return Identity(claimed)
+        return Identity(_user_id(query.get("userId"), "userId"))
 
     def http(self, headers: dict[str, str], query: dict[str, str]) -> Identity:
         """The caller of an /api read: the token's user in ``jwt`` mode, else anonymous."""
@@ -95,20 +112,19 @@ class Authenticator:
             return self._verify(bearer(headers) or query.get("token"))
         return Identity(None)
 
-    def acting_user(self, headers: dict[str, str], claimed: str) -> Identity:
+    def acting_user(self, headers: dict[str, str], claimed: str, name: str = "user_id") -> Identity:
         """The user an RPC acts as (gRPC ``user_id`` fields, ``authorization`` metadata).
 
         ``none`` mode trusts ``claimed``; ``jwt`` mode takes the token's subject,
-        and a non-empty ``claimed`` must equal it. Raises AuthError.
+        and a non-empty ``claimed`` must equal it. Raises AuthError; ``name`` is the
+        field ``claimed`` came from, for its messages.
         """
         if self.jwt:
             identity = self._verify(bearer(headers))
             if claimed and claimed != identity.user_id:
-                raise _unauthorized("user_id does not match the token's subject")
+                raise _unauthorized(f"{name} does not match the token's subject")
             return identity
-        if not is_valid_user_id(claimed):
-            raise AuthError(ErrorCode.INVALID_USER_ID, f"invalid user id {claimed!r}", 400)
-        return Identity(claimed)
+        return Identity(_user_id(claimed or None, name))
 
     def admin(self, headers: dict[str, str]) -> None:
         """Raises AuthError unless the caller may use /api/admin routes."""
@@ -122,6 +138,14 @@ class Authenticator:
         given = bearer(headers)
         if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
             raise _unauthorized("admin routes need the admin token")
+
+    def admits_admin(self, headers: dict[str, str]) -> bool:
+        """Whether :meth:`admin` would let this caller in."""
+        try:
+            self.admin(headers)
+        except AuthError:
+            return False
+        return True
 
     # --- tokens --------------------------------------------------------------------
 
@@ -142,11 +166,15 @@ class Authenticator:
             raise _unauthorized("the token is not valid yet") from None
         except jwt.InvalidAlgorithmError:
             raise _unauthorized("the token's algorithm is not accepted") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:
+            # Every refusal PyJWT has, not only InvalidTokenError: an HS256 token
+            # checked against an RSA public key raises InvalidKeyError, which is
+            # the caller's fault as much as a bad signature is.
             raise _unauthorized(f"invalid token: {exc}") from None
         subject = claims["sub"]
-        if not is_valid_user_id(subject):
-            raise _unauthorized("the token's subject is not a valid user id")
+        problem = user_id_problem(subject, "the token's subject (sub)")
+        if problem is not None:
+            raise _unauthorized(problem)
         return Identity(subject, float(claims["exp"]))
 
     def check_origin(self, headers: dict[str, str]) -> None:
@@ -157,12 +185,22 @@ class Authenticator:
             raise AuthError(ErrorCode.FORBIDDEN, f"origin {origin!r} is not allowed", 403)
 
 
+def _user_id(value: str | None, name: str) -> str:
+    """``value`` if it is a valid user id, else AuthError INVALID_USER_ID saying why."""
+    problem = user_id_problem(value, name)
+    if problem is not None:
+        raise AuthError(ErrorCode.INVALID_USER_ID, problem, 400)
+    assert value is not None
+    return value
+
+
 def mint_token(settings: AuthSettings, user_id: str, ttl: float) -> str:
     """A development token for ``user_id`` signed with ``auth.jwt_secret`` (HS256)."""
     if not settings.jwt_secret:
         raise ConfigError("auth.jwt_secret is empty: set it to mint tokens (HS256)")
-    if not is_valid_user_id(user_id):
-        raise ValueError(f"invalid user id {user_id!r}")
+    problem = user_id_problem(user_id, "user id")
+    if problem is not None:
+        raise ValueError(problem)
     now = int(time.time())
     algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), "HS256")
     claims = {"sub": user_id, "iat": now, "exp": now + int(ttl)}

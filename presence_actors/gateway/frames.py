@@ -1,11 +1,13 @@
-"""The server side of RFC 6455 for the direct path: handshake, reading and writing frames.
+"""The server side of RFC 6455 frames for the direct path: reading and writing them.
 
 Only what this server needs: no extensions, no subprotocols, text and binary
-messages, ping/pong and the close handshake. wsproto (what hypercorn uses)
-does the same in general; profiling the direct path showed its handshake
-(h11 underneath) at about half of a connection's setup cost and its frame
-layer as the largest part of handling one small message, so these few rules
-are written out here, and tests hold them against wsproto as a reference.
+messages, ping/pong and the close frames (the handshake is
+:mod:`handshake`). wsproto (what hypercorn uses) does the same in general at
+four to ten times the cost per message and per connection here
+(``bench/ws_frames.py``; the decision and its figures are in
+docs/ARCHITECTURE.md), so these rules are written out here, and
+tests/test_ws_conformance.py holds them to RFC 6455 case by case, in the
+Autobahn|Testsuite's groups, against a real server.
 
 Server frames are never masked and carry no per-connection state, so the
 bytes of one push are the same for every watcher: built once, written many times.
@@ -13,11 +15,9 @@ bytes of one push are the same for every watcher: built once, written many times
 
 from __future__ import annotations
 
-import base64
+import codecs
 import enum
-import hashlib
 import struct
-from urllib.parse import parse_qsl, urlsplit
 
 from attrs import frozen
 
@@ -38,7 +38,6 @@ _NO_STATUS = 1005
 _SENDABLE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # --- writing -----------------------------------------------------------------------
@@ -72,72 +71,19 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return frame(struct.pack("!H", code) + data, OP_CLOSE)
 
 
-# --- the handshake -------------------------------------------------------------------
-
-
-class HandshakeError(Exception):
-    """An upgrade request this server cannot accept; ``response`` says why in HTTP."""
-
-    def __init__(self, status: int, reason: str, extra: bytes = b"") -> None:
-        super().__init__(reason)
-        body = reason.encode()
-        self.response = (
-            f"HTTP/1.1 {status} {reason}\r\n".encode()
-            + extra
-            + b"content-type: text/plain\r\nconnection: close\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-
-
-@frozen
-class Upgrade:
-    """An accepted upgrade: what the session needs from the request, and the reply."""
-
-    query: dict[str, str]
-    headers: dict[str, str]
-    response: bytes
-    rest: bytes  # bytes that followed the request head (frames sent early)
-
-
-def accept_upgrade(head: bytes) -> Upgrade:
-    """Check a ``GET ... HTTP/1.1`` upgrade request head; raises HandshakeError."""
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
-        raise HandshakeError(400, "incomplete request head")
-    lines = head[:end].decode("latin-1").split("\r\n")
-    _, target, _ = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise HandshakeError(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    if "host" not in headers:
-        raise HandshakeError(400, "missing Host header")
-    if headers.get("upgrade", "").lower() != "websocket":
-        raise HandshakeError(400, "not a WebSocket upgrade")
-    if "upgrade" not in {t.strip().lower() for t in headers.get("connection", "").split(",")}:
-        raise HandshakeError(400, "Connection header must include upgrade")
-    if headers.get("sec-websocket-version") != "13":
-        raise HandshakeError(426, "Upgrade Required", b"sec-websocket-version: 13\r\n")
-    key = headers.get("sec-websocket-key", "")
-    try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:
-        valid_key = False
-    if not valid_key:
-        raise HandshakeError(400, "invalid Sec-WebSocket-Key")
-    accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())
-    response = (
-        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-        b"sec-websocket-accept: " + accept + b"\r\n\r\n"
-    )
-    query = dict(parse_qsl(urlsplit(target).query, keep_blank_values=True))
-    return Upgrade(query, headers, response, head[end + 4 :])
-
-
 # --- reading ---------------------------------------------------------------------------
+
+
+# What each frame after the first costs a message, on top of its payload: about
+# its size on the wire (2-byte header and 4-byte mask at least) and its cost to
+# parse, so that empty fragments are not free.
+FRAME_COST = 16
+# Frames one message may have. Browsers never fragment what they send; a
+# client that does can still send a 32 KiB message in 64-byte pieces
+# (Autobahn's case 9.3 shape, scaled to the default 64 KiB limit; with
+# FRAME_COST that is 40 KiB of the limit). More frames than that only cost the
+# server a Python step each.
+MAX_FRAGMENTS = 1024
 
 
 class Kind(enum.Enum):
@@ -160,18 +106,26 @@ class Received:
 class FrameReader:
     """Turns bytes from a client into messages, pings and closes, in order.
 
-    Client frames must be masked; fragments are joined; control frames may come
-    between fragments. A message is refused as soon as its size is known to pass
-    ``max_message`` bytes, without buffering it. After CLOSE, TOO_BIG or FAILED
-    the reader yields nothing more.
+    Client frames must be masked; fragments are joined into one bytearray
+    (never one object per fragment); control frames may come between
+    fragments. A message is refused (TOO_BIG) as soon as its cost is known to
+    pass ``max_message``: the payloads of its frames plus :data:`FRAME_COST`
+    for every frame after the first (empty ones too), checked from each
+    frame's header before its payload is buffered; or once it has more than
+    ``max_fragments`` frames. Text is checked as UTF-8 fragment by fragment,
+    so invalid text fails (1007) at the first frame that shows it. After
+    CLOSE, TOO_BIG or FAILED the reader yields nothing more.
     """
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, max_fragments: int = MAX_FRAGMENTS) -> None:
         self._max = max_message
+        self._max_fragments = max_fragments
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []
-        self._fragment_size = 0
+        self._message = bytearray()
+        self._fragments = 0  # frames of the message being joined (0: none started)
+        self._cost = 0
         self._fragment_kind = OP_TEXT
+        self._utf8 = _utf8_decoder()
         self._done = False
 
     def feed(self, data: bytes) -> None:
@@ -189,9 +143,11 @@ class FrameReader:
             if opcode >= OP_CLOSE:
                 if not fin or size > 125:
                     return self._end(_failed(CLOSE_PROTOCOL_ERROR, "bad control frame"))
-            elif (opcode == OP_CONTINUATION) != bool(self._fragments or self._fragment_size):
+            elif (opcode == OP_CONTINUATION) != bool(self._fragments):
                 return self._end(_failed(CLOSE_PROTOCOL_ERROR, "unexpected fragment"))
-            elif self._fragment_size + size > self._max:
+            elif self._fragments >= self._max_fragments or (
+                self._cost + size + (FRAME_COST if self._fragments else 0) > self._max
+            ):
                 return self._end(Received(Kind.TOO_BIG))
             if len(self._buffer) < start + size:
                 return None
@@ -224,6 +180,8 @@ class FrameReader:
             if len(buffer) < 10:
                 return None
             (size,) = struct.unpack_from("!Q", buffer, 2)
+            if size >> 63:
+                return _failed(CLOSE_PROTOCOL_ERROR, "the 64-bit length has its top bit set")
             start = 10
         if len(buffer) < start + 4:
             return None
@@ -239,15 +197,26 @@ class FrameReader:
             return self._end(_close(payload))
         if opcode != OP_CONTINUATION:
             self._fragment_kind = opcode
+        if fin and not self._fragments:  # the usual case: a message in one frame
+            return self._message_of(payload, opcode)
+        self._cost += len(payload) + (FRAME_COST if self._fragments else 0)
+        self._fragments += 1
+        self._message += payload
+        if self._fragment_kind == OP_TEXT:
+            try:
+                self._utf8.decode(payload, final=fin)
+            except UnicodeDecodeError:
+                return self._end(_failed(CLOSE_INVALID_PAYLOAD, "text is not valid UTF-8"))
         if not fin:
-            self._fragments.append(payload)
-            self._fragment_size += len(payload)
             return None
-        if self._fragments:
-            self._fragments.append(payload)
-            payload = b"".join(self._fragments)
-            self._fragments, self._fragment_size = [], 0
-        if self._fragment_kind == OP_BINARY:
+        data = bytes(self._message)
+        self._message = bytearray()
+        self._fragments = self._cost = 0
+        self._utf8.reset()
+        return self._message_of(data, self._fragment_kind)
+
+    def _message_of(self, payload: bytes, opcode: int) -> Received:
+        if opcode == OP_BINARY:
             return Received(Kind.BINARY, payload)
         try:
             return Received(Kind.TEXT, payload.decode())
@@ -257,7 +226,12 @@ class FrameReader:
     def _end(self, received: Received) -> Received:
         self._done = True
         self._buffer.clear()
+        self._message = bytearray()
         return received
+
+
+def _utf8_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="strict")
 
 
 def _failed(code: int, reason: str) -> Received:

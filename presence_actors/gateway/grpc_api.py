@@ -27,15 +27,16 @@ from connectrpc.request import RequestContext
 from ..actors import ANONYMOUS, Engine, SessionHandle, ViewsQuery
 from ..actors.session import CLOSE_TRY_AGAIN_LATER
 from ..config import Settings
-from ..model import MAX_STATUS_MESSAGE, Status, UserView, is_valid_user_id
+from ..model import MAX_STATUS_MESSAGE, Status, UserView, user_id_problem
 from ..protocol import ErrorCode, ProtocolError
-from .asgi import Message, Receive, Scope, Send
+from .asgi import MAX_BODY, Message, Receive, Scope, Send
 from .auth import Authenticator, AuthError, Identity
 from .grpc_gen.presence.v1 import presence_pb as pb
 from .grpc_gen.presence.v1.presence_connect import (
     PresenceService,
     PresenceServiceASGIApplication,
 )
+from .grpc_guard import CODECS, COMPRESSIONS, rpc_receive
 from .grpc_sessions import TtlSessions, open_watcher
 
 # Every protocol error code as a gRPC status code.
@@ -165,8 +166,8 @@ class PresenceGrpcService(PresenceService):
     ) -> pb.GetUserStatusResponse:
         """One user; an unknown or hidden one is OFFLINE with last_seen 0 (never NOT_FOUND)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id)
-            [view] = await self._views(viewer.user_id, self._targets([request.user_id]))
+            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            [view] = await self._views(viewer.user_id, self._target(request.user_id))
             return pb.GetUserStatusResponse(success=True, data=user_status_data(view))
 
     async def get_multiple_user_status(
@@ -176,8 +177,8 @@ class PresenceGrpcService(PresenceService):
     ) -> pb.GetMultipleUserStatusResponse:
         """Users in the order asked (an empty list gives an empty answer)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id)
-            targets = self._targets(request.user_ids)
+            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            targets = self._targets(request.user_ids, "user_ids")
             views = await self._views(viewer.user_id, targets) if targets else []
             return pb.GetMultipleUserStatusResponse(
                 success=True, data=[user_status_data(v) for v in views]
@@ -196,14 +197,15 @@ class PresenceGrpcService(PresenceService):
         (UNAVAILABLE).
         """
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.user_id)
-            targets = self._targets(request.watch_user_ids)
+            viewer = self._viewer(ctx, request.user_id, "user_id")
+            targets = self._targets(request.watch_user_ids, "watch_user_ids")
             if not targets:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, "watch_user_ids must not be empty")
             expires = self._expiry(viewer)
             capacity = self._settings.limits.outbound_queue
             watcher_id = viewer.user_id or ANONYMOUS
-            async with open_watcher(self._engine, watcher_id, capacity) as watcher:
+            max_bytes = self._settings.limits.outbound_bytes
+            async with open_watcher(self._engine, watcher_id, capacity, max_bytes) as watcher:
                 self._streams.add(watcher.handle)
                 try:
                     state = await watcher.subscribe(targets)
@@ -245,19 +247,22 @@ class PresenceGrpcService(PresenceService):
         assert identity.user_id is not None
         return identity.user_id
 
-    def _viewer(self, ctx: RequestContext[Any, Any], claimed: str) -> Identity:
+    def _viewer(self, ctx: RequestContext[Any, Any], claimed: str, name: str) -> Identity:
         """Who reads or watches; anonymous when it names nobody in ``none`` mode."""
         if not claimed and self._settings.auth.mode == "none":
             return Identity(None)
-        return self._auth.acting_user(dict(ctx.request_headers), claimed)
+        return self._auth.acting_user(dict(ctx.request_headers), claimed, name)
 
-    def _targets(self, user_ids: list[str]) -> tuple[str, ...]:
+    def _target(self, user_id: str) -> tuple[str]:
+        _check_user_id(user_id, "user_id")
+        return (user_id,)
+
+    def _targets(self, user_ids: list[str], name: str) -> tuple[str, ...]:
         most = self._settings.limits.max_ids_per_request
         if len(user_ids) > most:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} user ids per request")
-        for user_id in user_ids:
-            if not is_valid_user_id(user_id):
-                raise ProtocolError(ErrorCode.INVALID_USER_ID, f"invalid user id {user_id!r}")
+        for index, user_id in enumerate(user_ids):
+            _check_user_id(user_id, f"{name}[{index}]")
         return tuple(user_ids)
 
     def _status_message(self, request: pb.SetUserStatusRequest) -> str | None:
@@ -282,6 +287,12 @@ class PresenceGrpcService(PresenceService):
         return trio.current_time() + (viewer.expires_at - now)
 
 
+def _check_user_id(user_id: str, name: str) -> None:
+    problem = user_id_problem(user_id or None, name)  # proto3: "" is a field not sent
+    if problem is not None:
+        raise ProtocolError(ErrorCode.INVALID_USER_ID, problem)
+
+
 class GrpcGateway:
     """Serves the ``/presence.v1.PresenceService/*`` paths (gRPC, gRPC-Web, Connect)."""
 
@@ -289,7 +300,9 @@ class GrpcGateway:
 
     def __init__(self, engine: Engine, settings: Settings, auth: Authenticator) -> None:
         self.service = PresenceGrpcService(engine, settings, auth)
-        self._app = PresenceServiceASGIApplication(self.service)
+        self._app = PresenceServiceASGIApplication(
+            self.service, read_max_bytes=MAX_BODY, codecs=CODECS, compressions=COMPRESSIONS
+        )
 
     def close_all(self, code: int, reason: str) -> None:
         """End the open streams (on shutdown, beside ``WebSocketGateway.close_all``)."""
@@ -304,9 +317,10 @@ class GrpcGateway:
         until that change came.
         """
         with trio.CancelScope() as request_scope:
+            receive_rpc = rpc_receive(receive)
 
             async def receive_watching() -> Message:
-                message = await receive()
+                message = await receive_rpc()
                 if message["type"] == "http.disconnect":
                     request_scope.cancel()
                 return message

@@ -25,7 +25,7 @@ from typing import TypeVar
 import trio
 
 from ..actors import Engine, MemoryOutbox, SessionHandle, Watches
-from ..actors.session import Outgoing
+from ..actors.session import CLOSE_TRY_AGAIN_LATER, Outgoing
 from ..model import DeviceType, Status
 from ..protocol import (
     ClientMessage,
@@ -281,23 +281,32 @@ class Watcher:
 
 
 @asynccontextmanager
-async def open_watcher(engine: Engine, user_id: str, capacity: int) -> AsyncIterator[Watcher]:
+async def open_watcher(
+    engine: Engine, user_id: str, capacity: int, max_bytes: int = MemoryOutbox.DEFAULT_MAX_BYTES
+) -> AsyncIterator[Watcher]:
     """A watching session of ``user_id`` (ANONYMOUS: sees what anyone may see).
 
     Attached and welcomed on entry; detached on exit however the block ends
     (shielded, so a cancelled stream frees its watcher at once). ``capacity``
-    bounds its queue: a stream that falls that far behind is closed by the
-    engine (``next_push`` then returns None), as is one whose handle's
-    ``request_close`` is called.
+    (messages) and ``max_bytes`` bound its queue: a stream that falls that far
+    behind is closed by the engine (1013: what it had queued is dropped and
+    ``next_push`` returns None), as is one whose handle's ``request_close`` is
+    called (``next_push`` returns what was queued, then None).
     """
-    outbox = MemoryOutbox(capacity)
+    outbox = MemoryOutbox(capacity, max_bytes)
+
+    def closed(code: int, reason: str) -> None:
+        outbox.close()
+        if code == CLOSE_TRY_AGAIN_LATER:
+            outbox.clear()  # it fell behind: what waits is stale, free it now
+
     handle = SessionHandle(
         session_id=secrets.token_hex(8),
         user_id=user_id,
         device_id=f"grpc-stream-{secrets.token_hex(4)}",
         device_type=DeviceType.OTHER,
         outbox=outbox,
-        on_close=lambda code, reason: outbox.close(),
+        on_close=closed,
         present=False,
         watches=Watches.SUBSCRIPTIONS,
     )

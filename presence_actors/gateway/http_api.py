@@ -30,19 +30,34 @@ from ..actors.messages import (
 from ..codec import view_fragment, view_to_wire
 from ..config import Settings
 from ..model import (
-    Status,
     UserView,
     Visibility,
     format_timestamp,
-    is_valid_user_id,
-    parse_timestamp,
     public_reason,
 )
 from ..persistence.store import EventRecord, open_reader
 from ..persistence.writer import WriterNotRunning
 from ..protocol import ErrorCode, ProtocolError
-from .asgi import Receive, Scope, Send, headers_of, query_of, respond_error, respond_json
+from .asgi import (
+    BodyRefused,
+    Receive,
+    Scope,
+    Send,
+    headers_of,
+    query_of,
+    respond_error,
+    respond_json,
+)
 from .auth import Authenticator, AuthError, Identity
+from .http_params import (
+    HttpError,
+    cursor_param,
+    integer_param,
+    json_body,
+    moment_param,
+    status_param,
+    user_id_param,
+)
 
 # HTTP status for each error code (PROTOCOL.md section 3).
 _STATUS = {
@@ -61,9 +76,8 @@ _STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 _MAX_HISTORY = 1000
+_MAX_LIST = 10_000
 _ADMIN_USER = r"/api/admin/users/(?P<user_id>[^/]+)"
-# Admin bodies are small JSON objects; a contact list of thousands fits easily.
-_MAX_BODY = 1 << 20
 
 
 @frozen
@@ -74,14 +88,6 @@ class ContactsBody:
 @frozen
 class PrivacyBody:
     visibility: Visibility
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 Handler = Callable[[Scope, Receive, dict[str, str]], Awaitable[tuple[int, Any]]]
@@ -137,9 +143,7 @@ class HttpApi:
                 continue
             try:
                 status, payload = await handler(scope, receive, match.groupdict())
-            except HttpError as exc:
-                await respond_error(send, exc.status, exc.code, exc.message)
-            except AuthError as exc:
+            except (HttpError, AuthError, BodyRefused) as exc:
                 await respond_error(send, exc.status, exc.code, exc.message)
             except ProtocolError as exc:
                 await respond_error(send, _STATUS[exc.code], exc.code, exc.message)
@@ -166,14 +170,15 @@ class HttpApi:
     async def _users(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
         watcher = self.caller(scope).user_id
         query = query_of(scope)
-        status = _status(query.get("status"))
-        limit = _integer(query, "limit", 1000)
-        page = await self.engine.ask(ListQuery(watcher, status, limit, query.get("cursor") or None))
+        status = status_param(query.get("status"))
+        limit = integer_param(query, "limit", 1000, most=_MAX_LIST, over=ErrorCode.LIMIT_EXCEEDED)
+        page = await self.engine.ask(ListQuery(watcher, status, limit, cursor_param(query)))
         users = [view_to_wire(v) for v in page.users]
         return 200, {"success": True, "users": users, "nextCursor": page.next_cursor}
 
     async def _user(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
-        view = await self._known(self.caller(scope).user_id, _user_id(params["user_id"]))
+        user_id = user_id_param(params["user_id"], "userId")
+        view = await self._known(self.caller(scope).user_id, user_id)
         return 200, {"success": True, "user": view_to_wire(view)}
 
     async def _known(self, watcher: str | None, user_id: str) -> UserView:
@@ -194,20 +199,20 @@ class HttpApi:
         most = self.settings.limits.max_ids_per_request
         if len(ids) > most:
             raise HttpError(400, ErrorCode.LIMIT_EXCEEDED, f"at most {most} ids per request")
-        for user_id in ids:
-            _user_id(user_id)
+        for index, user_id in enumerate(ids):
+            user_id_param(user_id, f"ids[{index}]")
         views = await self.engine.ask(ViewsQuery(watcher, ids))
         # Each view's JSON is encoded once and shared with the WebSocket answers.
         return 200, {"success": True, "users": [orjson.Fragment(view_fragment(v)) for v in views]}
 
     async def _history(self, scope: Scope, _: Receive, params: dict[str, str]) -> tuple[int, Any]:
-        user_id = _user_id(params["user_id"])
+        user_id = user_id_param(params["user_id"], "userId")
+        query = query_of(scope)
+        since = moment_param(query, "since") or 0
+        until = moment_param(query, "until")
+        limit = integer_param(query, "limit", _MAX_HISTORY, most=_MAX_HISTORY)
         caller = self.caller(scope).user_id
         await self._known(caller, user_id)
-        query = query_of(scope)
-        since = _moment(query, "since", None) or 0
-        until = _moment(query, "until", None)
-        limit = min(_integer(query, "limit", _MAX_HISTORY), _MAX_HISTORY)
         path = self.settings.persistence.path
 
         def read() -> list[Any]:
@@ -274,7 +279,7 @@ class HttpApi:
         self, scope: Scope, _: Receive, params: dict[str, str]
     ) -> tuple[int, Any]:
         self.auth.admin(headers_of(scope))
-        user_id = _user_id(params["user_id"])
+        user_id = user_id_param(params["user_id"], "userId")
         policy = await self.engine.ask(PolicyQuery(user_id))
         return 200, {
             "success": True,
@@ -288,8 +293,12 @@ class HttpApi:
         self, scope: Scope, receive: Receive, params: dict[str, str]
     ) -> tuple[int, Any]:
         self.auth.admin(headers_of(scope))
-        user_id = _user_id(params["user_id"])
-        body = codec.structure(await _body(receive), ContactsBody, "body")
+        user_id = user_id_param(params["user_id"], "userId")
+        raw = await json_body(receive)
+        if isinstance(raw, dict) and isinstance(raw.get("contacts"), list):
+            for index, contact in enumerate(raw["contacts"]):
+                user_id_param(contact, f"contacts[{index}]")
+        body = codec.structure(raw, ContactsBody, "body")
         most = self.settings.limits.max_subscriptions
         if len(body.contacts) > most:
             raise HttpError(400, ErrorCode.LIMIT_EXCEEDED, f"at most {most} contacts")
@@ -300,14 +309,16 @@ class HttpApi:
     async def _add_contact(
         self, scope: Scope, _: Receive, params: dict[str, str]
     ) -> tuple[int, Any]:
-        user_id, contact_id = _user_id(params["user_id"]), _user_id(params["contact_id"])
+        user_id = user_id_param(params["user_id"], "userId")
+        contact_id = user_id_param(params["contact_id"], "contactId")
         await self._admin(scope, AddContact(user_id, contact_id))
         return 200, {"success": True, "userId": user_id, "contactId": contact_id}
 
     async def _remove_contact(
         self, scope: Scope, _: Receive, params: dict[str, str]
     ) -> tuple[int, Any]:
-        user_id, contact_id = _user_id(params["user_id"]), _user_id(params["contact_id"])
+        user_id = user_id_param(params["user_id"], "userId")
+        contact_id = user_id_param(params["contact_id"], "contactId")
         await self._admin(scope, RemoveContact(user_id, contact_id))
         return 200, {"success": True, "userId": user_id, "contactId": contact_id}
 
@@ -315,15 +326,15 @@ class HttpApi:
         self, scope: Scope, receive: Receive, params: dict[str, str]
     ) -> tuple[int, Any]:
         self.auth.admin(headers_of(scope))
-        user_id = _user_id(params["user_id"])
-        body = codec.structure(await _body(receive), PrivacyBody, "body")
+        user_id = user_id_param(params["user_id"], "userId")
+        body = codec.structure(await json_body(receive), PrivacyBody, "body")
         await self._admin(scope, SetVisibility(user_id, body.visibility))
         return 200, {"success": True, "userId": user_id, "visibility": body.visibility.value}
 
     async def _recent_events(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
         """The latest presence transitions of all users (operators only)."""
         self.auth.admin(headers_of(scope))
-        limit = min(_integer(query_of(scope), "limit", 50), _MAX_HISTORY)
+        limit = integer_param(query_of(scope), "limit", 50, most=_MAX_HISTORY)
         path = self.settings.persistence.path
 
         def read() -> list[Any]:
@@ -342,38 +353,36 @@ class HttpApi:
             ) from exc
 
     async def _stats(self, scope: Scope, _: Receive, __: dict[str, str]) -> tuple[int, Any]:
-        stats = await self.engine.ask(StatsQuery())
+        """Every figure for callers the admin routes admit; for anyone else only what
+        they could learn otherwise: the online users they may see (their
+        ``get_online_count``), the uptime and the node. In ``jwt`` mode a caller
+        without a valid token is refused (401) like on every ``/api`` read."""
+        headers = headers_of(scope)
+        if self.auth.admits_admin(headers):
+            stats = await self.engine.ask(StatsQuery())
+            return 200, {
+                "success": True,
+                "onlineUsers": stats.online_users,
+                "connections": self.connections(),
+                "sessions": stats.sessions,
+                "knownUsers": stats.known_users,
+                "uptimeSeconds": self._uptime(),
+                "node": self.node,
+                # Counters for the operator page's rates (not part of the protocol's list).
+                "pushes": stats.pushes,
+                "messagesIn": sum(self.messages_in().values()),
+            }
+        watcher = self.auth.http(headers, query_of(scope)).user_id
+        stats = await self.engine.ask(StatsQuery(watcher, count_visible=True))
         return 200, {
             "success": True,
-            "onlineUsers": stats.online_users,
-            "connections": self.connections(),
-            "sessions": stats.sessions,
-            "knownUsers": stats.known_users,
-            "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "onlineUsers": stats.visible_online,
+            "uptimeSeconds": self._uptime(),
             "node": self.node,
-            # Counters for the operator page's rates (not part of the protocol's list).
-            "pushes": stats.pushes,
-            "messagesIn": sum(self.messages_in().values()),
         }
 
-
-async def _body(receive: Receive) -> object:
-    """The request's JSON body; 413 past _MAX_BODY, 400 when it is not JSON."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise HttpError(413, ErrorCode.TOO_LARGE, f"bodies are limited to {_MAX_BODY} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+    def _uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)
 
 
 def _event(event: EventRecord) -> dict[str, Any]:
@@ -384,44 +393,3 @@ def _event(event: EventRecord) -> dict[str, Any]:
         "reason": event.reason,
         "deviceId": event.device_id,
     }
-
-
-def _user_id(value: str) -> str:
-    if not is_valid_user_id(value):
-        raise HttpError(400, ErrorCode.INVALID_USER_ID, f"invalid user id {value!r}")
-    return value
-
-
-def _status(value: str | None) -> Status | None:
-    if not value:
-        return None
-    try:
-        return Status(value)
-    except ValueError:
-        raise HttpError(
-            400, ErrorCode.INVALID_STATUS, "status must be one of online, busy, away, offline"
-        ) from None
-
-
-def _integer(query: dict[str, str], name: str, default: int) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit():
-        raise HttpError(400, ErrorCode.INVALID_MESSAGE, f"{name} must be a positive integer")
-    return int(raw)
-
-
-def _moment(query: dict[str, str], name: str, default: int | None) -> int | None:
-    """A time parameter: unix milliseconds or ISO-8601."""
-    raw = query.get(name)
-    if not raw:
-        return default
-    if raw.isdigit():
-        return int(raw)
-    try:
-        return parse_timestamp(raw)
-    except ValueError:
-        raise HttpError(
-            400, ErrorCode.INVALID_MESSAGE, f"{name} must be unix milliseconds or ISO-8601"
-        ) from None

@@ -9,14 +9,17 @@ handler with the bytes already read put back in front.
 
 This replaces ``hypercorn.trio.serve`` with the same moving parts (its
 ``TCPServer``, ``WorkerContext`` and app wrapper; hypercorn is pinned to the
-minor version these were read from), plus one thing it lacks: a connection
-that fails is logged and dropped, and never takes the server down.
+minor version these were read from), plus what it lacks: a connection that
+fails is logged and dropped, and never takes the server down; connections are
+capped below the descriptor limit and accept errors do not flood the log
+(:mod:`.admission`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import cast
@@ -28,6 +31,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from .admission import REFUSAL, Admission, accept_forever
+from .handshake import request_path
 from .websocket import WebSocketGateway
 
 log = logging.getLogger("presence_actors.listener")
@@ -38,27 +43,36 @@ _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 
 
 def is_direct_upgrade(head: bytes) -> bool:
-    """A complete ``GET /ws`` HTTP/1.1 request head asking for a WebSocket."""
+    """A complete ``GET /ws`` HTTP/1.1 request head asking for a WebSocket.
+
+    The target may be in origin-form (``/ws?...``) or absolute-form
+    (``http://host:port/ws?...``, RFC 7230 5.3.2); the handshake itself is
+    checked by :func:`handshake.accept_upgrade`, which answers what is wrong.
+    """
     end = head.find(b"\r\n\r\n")
     if end < 0:
         return False
     line_end = head.find(b"\r\n")
     method, _, rest = head[:line_end].partition(b" ")
     target, _, version = rest.partition(b" ")
-    path = target.split(b"?", 1)[0]
     return (
         method == b"GET"
         and version == b"HTTP/1.1"
-        and path == b"/ws"
+        and request_path(target.decode("latin-1")) == "/ws"
         and _UPGRADE.search(head[line_end : end + 2]) is not None
     )
 
 
 class PortServer:
     def __init__(
-        self, app: Callable[..., Awaitable[None]], websockets: WebSocketGateway, config: Config
+        self,
+        app: Callable[..., Awaitable[None]],
+        websockets: WebSocketGateway,
+        config: Config,
+        max_connections: int,
     ) -> None:
         self._config = config
+        self.admission = Admission(max_connections)
         self._websockets = websockets
         self._context = WorkerContext(None)
         self._state = ConnectionState({})
@@ -73,33 +87,41 @@ class PortServer:
         """Accept until ``shutdown_trigger`` returns; then give connections
         ``graceful_timeout`` to end before cancelling them.
 
-        Reports the bound URLs (real ports, also when 0 was asked for).
+        Reports the bound URLs (real ports, also when 0 was asked for). At most
+        ``max_connections`` are open at once; past it a plain connection reads a
+        short 503 and a TLS one is closed, both at once.
         """
         config = self._config
         sockets = config.create_sockets()
-        listeners: list[tuple[trio.abc.Listener[trio.abc.Stream], bool]] = []
+        # (listener, how its connections are served, what a refused one is told)
+        listeners: list[
+            tuple[trio.SocketListener, Callable[[trio.SocketStream], Awaitable[None]], bytes | None]
+        ] = []
         binds: list[str] = []
         for sock in sockets.secure_sockets:
             sock.listen(config.backlog)
-            plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             context = config.create_ssl_context()
             assert context is not None  # secure sockets exist only with a certificate
-            tls = trio.SSLListener(plain, context, https_compatible=True)
-            listeners.append((cast(trio.abc.Listener[trio.abc.Stream], tls), False))
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            listeners.append((listener, partial(self._tls_connection, context=context), None))
             binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
-            plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            listeners.append((cast(trio.abc.Listener[trio.abc.Stream], plain), True))
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            listeners.append((listener, partial(self._connection, direct=True), REFUSAL))
             binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
 
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                for listener, direct in listeners:
-                    handler = partial(self._connection, direct=direct)
+                for listener, serve, refusal in listeners:
                     accepting.start_soon(
                         partial(
-                            trio.serve_listeners, handler, [listener], handler_nursery=connections
+                            accept_forever,
+                            listener,
+                            self.admission,
+                            serve,
+                            connections,
+                            refusal=refusal,
                         )
                     )
                 task_status.started(binds)
@@ -107,6 +129,13 @@ class PortServer:
                 accepting.cancel_scope.cancel()
             await self._context.terminated.set()  # hypercorn closes its idle connections
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+    async def _tls_connection(self, stream: trio.SocketStream, *, context: ssl.SSLContext) -> None:
+        """A TLS connection: hypercorn does the handshake (bounded by its
+        ``ssl_handshake_timeout``) and serves it."""
+        await self._connection(
+            trio.SSLStream(stream, context, server_side=True, https_compatible=True), direct=False
+        )
 
     async def _connection(self, stream: trio.abc.Stream, *, direct: bool) -> None:
         try:

@@ -20,6 +20,7 @@ from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
 from ..persistence import PersistenceActor
+from .admission import connection_cap
 from .app import PresenceApp
 from .listener import PortServer
 
@@ -28,6 +29,8 @@ log = logging.getLogger("presence_actors.server")
 # hypercorn refuses frames above its own limit with a bare 1009; ours is lower,
 # so a client that sends a too-large frame is told TOO_LARGE before the close.
 _HYPERCORN_FRAME_FACTOR = 4
+# Seconds a client has to complete a TLS handshake.
+_TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @frozen
@@ -54,6 +57,13 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     # After a restart every client reconnects at once; hypercorn's default of
     # 100 pending connections makes the rest wait for SYN retries (1 s, 3 s, ...).
     config.backlog = 1024
+    # A TLS handshake holds a descriptor too; hypercorn's default gives it a minute.
+    config.ssl_handshake_timeout = _TLS_HANDSHAKE_TIMEOUT
+    # Not hypercorn's read_timeout: it bounds every read of a connection, so it
+    # would cut a gRPC stream or a WebSocket whose client has nothing to say.
+    # Request bodies are bounded per request instead (app.bounded_receive);
+    # heads by keep_alive_timeout (hypercorn closes a connection idle that long,
+    # and it stays "idle" until a request head is complete).
     config.websocket_max_message_size = max(
         _HYPERCORN_FRAME_FACTOR * settings.limits.max_message_bytes, 1 << 20
     )
@@ -85,7 +95,12 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
         shutdown = trio.Event()
         served = trio.Event()
 
-        port_server = PortServer(app, app.websockets, hypercorn_config(settings))
+        port_server = PortServer(
+            app,
+            app.websockets,
+            hypercorn_config(settings),
+            connection_cap(settings.server.max_connections),
+        )
 
         async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:

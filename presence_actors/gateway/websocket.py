@@ -34,7 +34,7 @@ from ..model import DeviceType, is_valid_user_id
 from ..protocol import Error, ErrorCode, ProtocolError
 from .asgi import Receive, Scope, Send, headers_of, query_of
 from .auth import Authenticator, AuthError, Identity
-from .frames import HandshakeError, accept_upgrade
+from .handshake import HandshakeError, accept_upgrade
 from .ratelimit import RateLimiter, Verdict
 from .ws_asgi import AsgiConnection
 from .ws_direct import DirectConnection
@@ -63,10 +63,7 @@ class WebSocketGateway:
         if connect["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        limits = self.settings.limits
-        connection = AsgiConnection(
-            receive, send, self.metrics, limits.outbound_queue, limits.max_message_bytes
-        )
+        connection = AsgiConnection(receive, send, self.metrics, self.settings.limits)
         await self._serve(connection, query_of(scope), headers_of(scope))
 
     async def serve_direct(self, stream: trio.SocketStream, head: bytes) -> None:
@@ -80,10 +77,7 @@ class WebSocketGateway:
             await stream.aclose()
             return
         await stream.send_all(upgrade.response)
-        limits = self.settings.limits
-        connection = DirectConnection(
-            stream, self.metrics, limits.outbound_queue, limits.max_message_bytes
-        )
+        connection = DirectConnection(stream, self.metrics, self.settings.limits)
         connection.feed(upgrade.rest)
         await self._serve(connection, upgrade.query, upgrade.headers)
 
@@ -170,10 +164,17 @@ class WebSocketSession:
         )
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the session to end with ``code``; safe from any task, the first call wins."""
+        """Ask the session to end with ``code``; safe from any task, the first call wins.
+
+        The close starts here, synchronously: the engine offers nothing more
+        (``handle.closing``) and the connection takes nothing more, so its
+        close frame is the last thing it sends.
+        """
         if self._close_code is None:
             self._close_code = code
             self._close_reason = reason
+        self.handle.closing = True
+        self._connection.begin_close(code, reason)
         self._scope.cancel()
 
     def greeted(self, item: Outgoing, outbox: Outbox) -> None:
@@ -208,6 +209,10 @@ class WebSocketSession:
             if self._scope.cancelled_caught and self._close_code is None:
                 self._close_code, self._close_reason = CLOSE_TOKEN_EXPIRED, "token expired"
         finally:
+            # Before any await: from here on nothing is offered to or written by
+            # this session but its close (a no-op if the close started earlier).
+            self.handle.closing = True
+            self._connection.begin_close(self._close_code, self._close_reason)
             with trio.CancelScope(shield=True):
                 await self._engine.detach(self.handle)
                 if self._close_code is not None:
@@ -232,19 +237,20 @@ class WebSocketSession:
                 self._fail(ErrorCode.TOO_LARGE, f"frames are limited to {most} bytes", None)
                 self.close(CLOSE_TOO_LARGE, "message too large")
                 return
-            if isinstance(incoming, bytes):
-                self._fail(
-                    ErrorCode.INVALID_MESSAGE,
-                    "binary frames are not accepted; send JSON text",
-                    None,
-                )
-                continue
+            # Every message counts against the rate, whatever it turns out to be.
             verdict = limiter.admit(trio.current_time())
             if verdict is not Verdict.ADMIT:
                 self._fail(ErrorCode.RATE_LIMITED, "too many messages; slow down", None)
                 if verdict is Verdict.CLOSE:
                     self.close(CLOSE_POLICY, "rate limit exceeded")
                     return
+                continue
+            if isinstance(incoming, bytes):
+                self._fail(
+                    ErrorCode.INVALID_MESSAGE,
+                    "binary frames are not accepted; send JSON text",
+                    None,
+                )
                 continue
             try:
                 raw = orjson.loads(incoming)

@@ -11,6 +11,13 @@ from ..actors.session import Outbox, Outgoing
 from ..metrics import Metrics
 from ..protocol import Error, Push, PushBatch
 
+# How long finishing (what was queued, then the close frame) may take when the
+# peer reads; past it the connection is dropped.
+FINISH_TIMEOUT = 1.0
+# A slow consumer (1013), or a peer that left, is known not to be reading right
+# now: it gets longer to come back for the frame in flight and the close frame.
+SLOW_FINISH_TIMEOUT = 5.0
+
 
 class _TooLarge(enum.Enum):
     TOO_LARGE = "too large"
@@ -27,8 +34,12 @@ class Connection(Protocol):
 
     ``outbox`` is what the engine offers to (it never waits); ``serve_writes``
     gives the connection the session's nursery for whatever writer task it
-    needs (the session cancels it when it ends); ``finish`` ends the
-    connection, from the server's side when it has a close code.
+    needs (the session cancels it when it ends). ``begin_close`` is the latch
+    that starts the end, synchronously and before any await: from then on the
+    outbox drops every offer, so nothing follows the close frame (code None:
+    the peer left, no close frame); the first call wins. ``finish`` then ends
+    the connection, bounded in time: what was queued before the latch, the
+    close frame, the socket.
     """
 
     @property
@@ -37,6 +48,8 @@ class Connection(Protocol):
     async def receive(self) -> Incoming: ...
 
     async def serve_writes(self, nursery: trio.Nursery) -> None: ...
+
+    def begin_close(self, code: int | None, reason: str) -> None: ...
 
     async def finish(self, code: int | None, reason: str) -> None: ...
 

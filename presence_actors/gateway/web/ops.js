@@ -1,5 +1,7 @@
 // The operator view: polls /api/stats (rates come from differencing its
 // counters) and /api/admin/events, and draws the push rate as an inline SVG.
+// Both send the admin token when one was entered: without it /api/stats answers
+// only what anyone may know (online users visible to all, uptime, node).
 
 import { clockTime, duration, fullTime } from "./timefmt.js";
 
@@ -23,17 +25,37 @@ function pollInterval() {
 let previous = null; // the last sample: {at, pushes, messagesIn}
 const rates = []; // {at, pushes, messagesIn} per second, oldest first
 
+const ADMIN_FIGURES = ["stat-connections", "stat-sessions", "stat-known", "stat-pushes", "stat-messages"];
+
+function adminHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 async function pollStats() {
-  const response = await fetch("/api/stats", { cache: "no-store" });
+  const response = await fetch("/api/stats", { cache: "no-store", headers: adminHeaders() });
+  if (response.status === 401 || response.status === 403) {
+    // A jwt-mode server tells callers without a token nothing; the transitions
+    // panel asks for the token.
+    for (const id of ["stat-online", "stat-uptime", "stat-node", ...ADMIN_FIGURES]) {
+      $(id).textContent = "–";
+    }
+    withoutAdminFigures();
+    return;
+  }
   if (!response.ok) throw new Error(`/api/stats answered ${response.status}`);
   const stats = await response.json();
   const at = performance.now();
   $("stat-online").textContent = String(stats.onlineUsers);
+  $("stat-uptime").textContent = duration(stats.uptimeSeconds);
+  $("stat-node").textContent = stats.node;
+  if (stats.connections === undefined) {
+    withoutAdminFigures();
+    return;
+  }
   $("stat-connections").textContent = String(stats.connections);
   $("stat-sessions").textContent = String(stats.sessions);
   $("stat-known").textContent = String(stats.knownUsers);
-  $("stat-uptime").textContent = duration(stats.uptimeSeconds);
-  $("stat-node").textContent = stats.node;
   const sample = { at, pushes: stats.pushes, messagesIn: stats.messagesIn };
   // Counters that went down mean the server restarted: start the rates afresh.
   if (previous && sample.pushes >= previous.pushes && sample.messagesIn >= previous.messagesIn) {
@@ -52,6 +74,15 @@ async function pollStats() {
   $("stat-pushes").textContent = last ? rateText(last.pushes) : "–";
   $("stat-messages").textContent = last ? rateText(last.messagesIn) : "–";
   drawChart(at);
+}
+
+/** The answer had only the public figures: the rest, and the rates, need the admin token. */
+function withoutAdminFigures() {
+  for (const id of ADMIN_FIGURES) $(id).textContent = "–";
+  previous = null;
+  rates.length = 0;
+  $("chart").replaceChildren();
+  $("chart-legend").textContent = "Connections, sessions and rates need the admin token.";
 }
 
 function rateText(value) {
@@ -120,12 +151,10 @@ function niceCeiling(value) {
 // --- transitions ------------------------------------------------------------------
 
 async function pollEvents() {
-  const headers = {};
   const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(`/api/admin/events?limit=${EVENTS_LIMIT}`, {
     cache: "no-store",
-    headers,
+    headers: adminHeaders(),
   });
   if (response.status === 401 || response.status === 403) {
     const body = await response.json().catch(() => ({}));
@@ -165,7 +194,7 @@ $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, $("admin-token").value.trim());
   $("admin-token").value = "";
-  pollEvents().catch(showFailure);
+  Promise.all([pollStats(), pollEvents()]).catch(showFailure);
 });
 
 // --- the loop ---------------------------------------------------------------------
