@@ -4,6 +4,7 @@
     python bench/run.py broadcast [--watchers W] [--rate R] [--seconds T] [--json]
     python bench/run.py stall [--users N] [--json]
     python bench/run.py burst [--users U] [--kill-after D[,D...]] [--json]
+    python bench/run.py soak [--minutes M] [--users U] [--json]
 
 Every run starts its own server (``bench/server_main.py``: SQLite and the log
 in a temporary directory, port chosen by the OS) pinned to one core, and load
@@ -232,6 +233,9 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
     )
     print()
     print(render_table(runs))
+    for number, run in enumerate(runs, 1):
+        for line in run.details.get("verdict_lines", ()):
+            print(f"run {number}: {line}" if len(runs) > 1 else line)
     saturated = [i + 1 for i, r in enumerate(runs) if r.details.get("generator_saturated")]
     if saturated:
         print(
