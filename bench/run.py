@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--repeat", type=int, default=1, help="independent runs (default 1)")
         sub.add_argument("--procs", type=int, default=1, help="generator processes (default 1)")
         sub.add_argument("--json", action="store_true", help="print the results as JSON")
+        sub.add_argument(
+            "--json-file",
+            type=Path,
+            default=None,
+            help="also write the JSON document to this file (the table is printed)",
+        )
         sub.add_argument("--no-progress", action="store_true", help="no status line on stderr")
         sub.add_argument("--keep", action="store_true", help="keep each run's temp directory")
         sub.add_argument(
@@ -214,13 +220,15 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     parameters = module.parameters(args)
+    document = {
+        "scenario": args.scenario,
+        "parameters": parameters,
+        "machine": machine,
+        **to_json(runs),
+    }
+    if args.json_file is not None:
+        args.json_file.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     if args.json:
-        document = {
-            "scenario": args.scenario,
-            "parameters": parameters,
-            "machine": machine,
-            **to_json(runs),
-        }
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return 0
     print(f"scenario: {args.scenario}  " + "  ".join(f"{k}={v}" for k, v in parameters.items()))
