@@ -11,8 +11,9 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -20,7 +21,7 @@ from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
 import trio
-from attrs import define
+from attrs import define, frozen
 from trio_websocket import open_websocket_url
 
 from .server_harness import RawClient
@@ -212,3 +213,100 @@ def one_line(stderr: str, pattern: str) -> str:
     lines = [line for line in stderr.splitlines() if re.search(pattern, line)]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+# --- the same, blocking: for tests that talk to the server over plain sockets ------------
+
+
+@frozen
+class BlockingServer:
+    """A server process for a synchronous test; see :func:`blocking_server`."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """The process's resident set (``VmRSS`` in /proc/PID/status), in KiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert match is not None, status
+        return int(match[1])
+
+
+@contextmanager
+def blocking_server(tmp_path: Path, **sections: Mapping[str, Any]) -> Iterator[BlockingServer]:
+    """``python -m presence_actors serve`` with ``sections`` as its config (database in
+    ``tmp_path``), once it listens; SIGTERM (then SIGKILL) when the block ends."""
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in sections.items()}
+    merged.setdefault("persistence", {}).setdefault("path", str(tmp_path / "presence.db"))
+    config = write_config(tmp_path / "config.toml", **merged)
+    with (tmp_path / "stderr.txt").open("wb") as stderr:
+        process = subprocess.Popen(
+            [*_COMMAND, "serve", "--config", str(config), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=tmp_path,
+            env=child_env(),
+        )
+        try:
+            yield BlockingServer(process, _port_of(process, tmp_path))
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+            assert process.stdout is not None
+            process.stdout.close()
+
+
+def _port_of(process: subprocess.Popen[bytes], tmp_path: Path) -> int:
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        chunk = process.stdout.read()
+        if chunk:
+            seen += chunk
+            match = re.search(rb"page +http://127\.0\.0\.1:(\d+)/", seen)
+            if match:
+                return int(match[1])
+        elif process.poll() is not None:
+            break
+        time.sleep(0.02)
+    stderr = (tmp_path / "stderr.txt").read_text(errors="replace")
+    raise AssertionError(f"the server did not start: {seen!r} {stderr}")
+
+
+def import_users(tmp_path: Path, count: int) -> None:
+    """``count`` known (offline) users in ``tmp_path``'s database, through
+    ``python -m presence_actors import-json`` as an operator would add them."""
+    state = {
+        f"user-{n:05d}": {
+            "userId": f"user-{n:05d}",
+            "connectionId": f"c-{n}",
+            "status": "offline",
+            "lastSeen": "2026-11-01T10:00:00.000Z",
+            "username": f"User number {n}",
+        }
+        for n in range(count)
+    }
+    (tmp_path / "user_state.json").write_text(json.dumps(state))
+    config = write_config(
+        tmp_path / "import.toml", persistence={"path": str(tmp_path / "presence.db")}
+    )
+    subprocess.run(
+        [*_COMMAND, "import-json", "--config", str(config), str(tmp_path / "user_state.json")],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+        env=child_env(),
+        timeout=60,
+    )

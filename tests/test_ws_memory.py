@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .process_harness import BlockingServer, blocking_server, import_users
 from .raw_ws import (
     OP_BINARY,
     OP_CLOSE,
@@ -27,7 +28,6 @@ from .raw_ws import (
     text,
     upgrade_head,
 )
-from .server_process import ServerProcess, import_users, server_process
 
 USERS = 10_000
 # A 10,000-user all_users answer is ~2 MB; growing 40 MB a second (the old code)
@@ -35,7 +35,7 @@ USERS = 10_000
 RSS_BOUND_KIB = 64 * 1024
 
 
-def _closes(server: ServerProcess, code: int) -> int:
+def _closes(server: BlockingServer, code: int) -> int:
     url = f"http://127.0.0.1:{server.port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         metrics = response.read().decode()
@@ -49,7 +49,7 @@ def test_a_client_that_never_reads_big_answers_is_closed_1013_with_bounded_memor
     tmp_path: Path,
 ) -> None:
     import_users(tmp_path, USERS)
-    with server_process(tmp_path) as server:
+    with blocking_server(tmp_path) as server:
         # Warm the caches a big answer uses (each user's encoded view) with a
         # client that reads, so the baseline holds them.
         with RawSocket(server.port, timeout=10) as reader:
@@ -100,7 +100,7 @@ def test_a_client_that_never_reads_big_answers_is_closed_1013_with_bounded_memor
             assert other.next_message()["type"] == "online_count"
 
 
-def _fragmented_attack(server: ServerProcess, frames: bytes) -> tuple[float, list[int]]:
+def _fragmented_attack(server: BlockingServer, frames: bytes) -> tuple[float, list[int]]:
     """Send ``frames`` after a handshake; seconds until the server answered, and the
     codes of what it answered (error codes as -1, TOO_LARGE errors as 1, closes as is)."""
     with RawSocket(server.port, timeout=10) as attacker:
@@ -137,7 +137,7 @@ def _fragmented_attack(server: ServerProcess, frames: bytes) -> tuple[float, lis
 def test_fragment_floods_are_refused_quickly_with_bounded_memory(
     tmp_path: Path, attack: bytes
 ) -> None:
-    with server_process(tmp_path) as server:
+    with blocking_server(tmp_path) as server:
         baseline = server.rss_kib()
         seconds, answers = _fragmented_attack(server, attack)
         assert answers == [1, 1009]  # TOO_LARGE, then close 1009
@@ -147,7 +147,7 @@ def test_fragment_floods_are_refused_quickly_with_bounded_memory(
 
 def test_binary_frames_are_rate_limited_and_a_flood_of_them_is_closed(tmp_path: Path) -> None:
     limits = {"messages_per_second": 20, "burst": 50, "abuse_window": "1s"}
-    with server_process(tmp_path, limits=limits) as server, RawSocket(server.port) as flooder:
+    with blocking_server(tmp_path, limits=limits) as server, RawSocket(server.port) as flooder:
         flooder.open("/ws?userId=flooder")
         received: list[Frame] = []
         reading = threading.Thread(target=lambda: received.extend(flooder.frames_to_end()))

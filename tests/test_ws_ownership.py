@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from .process_harness import blocking_server
 from .raw_ws import OP_CLOSE, OP_TEXT, RawSocket, client_frame, close_payload, text, upgrade_head
-from .server_process import server_process
 
 CYCLES = 40
 TIME_BOUND = 25.0  # seconds for all cycles; the old code leaked within a few
@@ -69,7 +69,7 @@ def _first_answer(port: int, request: bytes) -> tuple[RawSocket, bytes]:
 
 
 def test_a_dropped_sessions_frames_never_reach_the_next_connection(tmp_path: Path) -> None:
-    with server_process(tmp_path, limits=LIMITS, presence={"grace_period": "50ms"}) as server:
+    with blocking_server(tmp_path, limits=LIMITS, presence={"grace_period": "50ms"}) as server:
         stop = threading.Event()
         load = threading.Thread(target=_background_load, args=(server.port, stop), daemon=True)
         load.start()

@@ -32,6 +32,9 @@ from .session import Outgoing, SessionHandle, Watches
 from .turns import Turn
 from .watch_index import WatchIndex
 
+# Writing a batch of many pushes costs the kernel's copy too: a turn unit per this
+# many bytes (a 100 KB batch to one socket takes some tens of microseconds).
+BYTES_PER_UNIT = 8192
 # A flush of more than this many deliveries paces the next tick; smaller ticks
 # (every change under light load) go out as soon as the registry is idle, so
 # under MockClock with few sessions the engine stays deterministic.
@@ -137,9 +140,9 @@ class Fanout:
         for watcher in self._index.mode_watchers():
             if watcher.closing or watcher not in self._index:
                 continue
+            units = 0
             if everyone_sees_all and watcher not in alone:
                 item = common
-                await turn.spend()
             else:
                 owed = [
                     push
@@ -147,10 +150,11 @@ class Fanout:
                     if (push := self._owed(watcher, user_id, change)) is not None
                 ]
                 item = _item_of(tuple(owed))
-                await turn.spend(1 + len(pending) // 16)
+                units = len(pending) // 16
             if item is not None:
                 deliveries += 1
-                self._give(watcher, item)
+                units += self._give(watcher, item)
+            await turn.spend(1 + units)
         # Sessions that follow only their subscriptions (gRPC streams).
         owed_to: dict[SessionHandle, list[Push]] = {}
         for user_id, change in pending.items():
@@ -187,21 +191,26 @@ class Fanout:
     async def _give_each(self, owed_to: dict[SessionHandle, list[Push]], turn: Turn) -> int:
         deliveries = 0
         for watcher, owed in owed_to.items():
-            await turn.spend()
-            if watcher.closing or watcher not in self._index:
-                continue
-            item = _item_of(tuple(owed))
-            if item is not None:
-                deliveries += 1
-                self._give(watcher, item)
+            units = 0
+            if not watcher.closing and watcher in self._index:
+                item = _item_of(tuple(owed))
+                if item is not None:
+                    deliveries += 1
+                    units = self._give(watcher, item)
+            await turn.spend(1 + units)
         return deliveries
 
-    def _give(self, watcher: SessionHandle, item: Push | PushBatch) -> None:
-        count = len(item.pushes) if isinstance(item, PushBatch) else 1
+    def _give(self, watcher: SessionHandle, item: Push | PushBatch) -> int:
+        """Deliver ``item``; the turn units its bytes cost beyond the delivery itself."""
+        if isinstance(item, PushBatch):
+            count, size = len(item.pushes), item.size
+        else:
+            count, size = 1, len(item.payload)
         if self._deliver(watcher, item):
             self.stats.pushes += count
         else:
             self.stats.push_drops += count
+        return size // BYTES_PER_UNIT
 
 
 def _item_of(pushes: tuple[Push, ...]) -> Push | PushBatch | None:
