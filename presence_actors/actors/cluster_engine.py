@@ -51,8 +51,10 @@ class RegistryReceiver:
     async def merged(self, view: MergedView, cause: object) -> None:
         await self._registry.tell(Merged(view, cause))  # type: ignore[arg-type]
 
-    async def seeded(self, views: list[MergedView], asked: Iterable[str] = ()) -> None:
-        await self._registry.tell(Seeded(tuple(views), tuple(asked)))
+    async def seeded(self, views: list[MergedView], asked: Iterable[str] | None = ()) -> None:
+        await self._registry.tell(
+            Seeded(tuple(views), tuple(asked) if asked is not None else (), complete=asked is None)
+        )
 
     async def policy_changed(self, intent: PolicyIntent) -> None:
         await self._registry.tell(PolicyChanged(intent))
@@ -67,7 +69,7 @@ class RegistryReceiver:
             if alive is not None and state.sessions:
                 yield user_id, alive
 
-    def local_reports(self) -> list[Report]:
+    def local_reports(self, with_profile: bool) -> list[Report]:
         registry = self._registry
         cluster = registry.cluster
         assert cluster is not None
@@ -76,7 +78,7 @@ class RegistryReceiver:
             for _, state in registry.local_states()
             if state.shown is not None
         ]
-        return cluster.local_reports(states, with_profile=True)
+        return cluster.local_reports(states, with_profile=with_profile)
 
     def policy_snapshot(
         self,

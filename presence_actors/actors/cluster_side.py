@@ -74,6 +74,7 @@ class ClusterSide:
         self._actor_profile = actor_profile
         self._versions: dict[str, int] = {}
         self._absent: set[str] = set()  # read from Redis, which does not know them
+        self._seen_in_resync: set[str] = set()
         self._interest: Counter[str] = Counter()
         self._present: Counter[str] = Counter()  # MODE sessions here per user
         self._waiters: list[_Waiter] = []
@@ -83,7 +84,7 @@ class ClusterSide:
     def report(self, publish: Publish) -> bool:
         """Hand this node's share of the user to the link; True when the node must
         show it itself meanwhile (Redis is away)."""
-        view = publish.view
+        view, public = publish.view, publish.public
         profile = (view.username, view.status_message) if publish.profile_changed else None
         self.link.report(
             Report(
@@ -94,6 +95,7 @@ class ClusterSide:
                 publish.alive,
                 profile,
                 publish.cause,
+                (public.username, public.status_message),
             )
         )
         return not self.link.connected
@@ -121,9 +123,23 @@ class ClusterSide:
             self._fanout.add(user, shown, own, cause)
         self._sync_profile(merged.view)
 
-    def seeded(self, views: Iterable[MergedView], asked: Iterable[str]) -> None:
+    def seeded(
+        self, views: Iterable[MergedView], asked: Iterable[str], *, complete: bool = False
+    ) -> None:
         """Views read from Redis: newer ones replace the directory's, and watchers are
-        pushed what differs from what they were shown (a rejoin after an outage)."""
+        pushed what differs from what they were shown (a rejoin after an outage).
+
+        A user asked for that Redis does not know any more (it lost its data), or
+        after a complete read any user not read, is shown offline if it was shown
+        online: no ghost of a user who left while Redis was away.
+        """
+        views = list(views)
+        if complete:
+            self._vanished(self._seen_in_resync)
+            self._seen_in_resync = set()
+        else:
+            self._seen_in_resync.update(asked)
+        self._vanished(set(asked) - {merged.user_id for merged in views}, only=True)
         for merged in views:
             user = merged.user_id
             if merged.version <= self._versions.get(user, 0) or not self._keeps(user):
@@ -154,6 +170,29 @@ class ClusterSide:
             for waiter in finished:
                 waiter.then()
 
+    def _vanished(self, known: set[str], *, only: bool = False) -> None:
+        """Users shown online here whom Redis no longer has (``only``: these users;
+        else every user but ``known``), and who have no session on this node."""
+        if only:
+            gone = list(known)
+        else:
+            gone = [v.user_id for v in self._directory.views() if v.user_id not in known]
+        for user in gone:
+            view = self._directory.get(user)
+            if view is None or not view.online or self._has_actor(user):
+                continue
+            offline = UserView(
+                user, Status.OFFLINE, view.username, view.status_message, view.last_seen
+            )
+            public = self._directory.public(user) or view
+            shown = UserView(
+                user, Status.OFFLINE, public.username, public.status_message, view.last_seen
+            )
+            self._versions.pop(user, None)
+            self._directory.put(offline, shown)
+            stamp = self._now_ms()
+            self._fanout.add(user, make_push(shown, stamp), make_push(offline, stamp), None)
+
     def rejoined(self, fresh: bool) -> None:
         """Redis lost its data: versions start again from 1."""
         if fresh:
@@ -164,6 +203,8 @@ class ClusterSide:
         return not self.contacts_mode or user in self._interest or self._has_actor(user)
 
     def _sync_profile(self, view: UserView) -> None:
+        if self.link.publisher.changing_profile(view.user_id):
+            return  # what this node set is newer than what Redis shows yet
         profile = self._actor_profile(view.user_id)
         if profile is not None and profile != (view.username, view.status_message):
             self._tell(view.user_id, SyncProfile(view.username, view.status_message))

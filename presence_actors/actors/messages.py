@@ -209,6 +209,8 @@ class Seeded:
 
     views: tuple[MergedView, ...]
     asked: tuple[str, ...] = ()
+    # Every user Redis knows was read (everyone fan-out): the rest are not online.
+    complete: bool = False
 
 
 @frozen

@@ -290,8 +290,8 @@ class Registry:
                 self._unindex(session)
             case Merged(view, cause) if self.cluster is not None:
                 self.cluster.merged(view, cause)
-            case Seeded(views, asked) if self.cluster is not None:
-                self.cluster.seeded(views, asked)
+            case Seeded(views, asked, complete) if self.cluster is not None:
+                self.cluster.seeded(views, asked, complete=complete)
             case PolicyChanged(intent):
                 await self._policy_changes.replay(intent, self._turn)
             case Rejoined(fresh) if self.cluster is not None:

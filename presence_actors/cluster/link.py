@@ -15,6 +15,7 @@ copy of the policy written back.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -50,7 +51,7 @@ class Receiver(Protocol):
 
     async def merged(self, view: MergedView, cause: object) -> None: ...
 
-    async def seeded(self, views: list[MergedView], asked: Iterable[str]) -> None: ...
+    async def seeded(self, views: list[MergedView], asked: Iterable[str] | None) -> None: ...
 
     async def policy_changed(self, intent: PolicyIntent) -> None: ...
 
@@ -58,7 +59,7 @@ class Receiver(Protocol):
 
     def local_alive(self) -> Iterable[tuple[str, int]]: ...
 
-    def local_reports(self) -> list[Report]: ...
+    def local_reports(self, with_profile: bool) -> list[Report]: ...
 
     def policy_snapshot(
         self,
@@ -69,6 +70,20 @@ def _failures() -> tuple[type[BaseException], ...]:
     import coredis.exceptions
 
     return (coredis.exceptions.RedisError, OSError, TimeoutError, Fenced, LostData)
+
+
+def describe(exc: BaseException) -> str:
+    """The first real error inside (groups wrap it)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Redis failed (also when coredis's and our task groups wrap it in groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_failure(inner) for inner in exc.exceptions)
+    return isinstance(exc, _failures())
 
 
 class ClusterLink:
@@ -97,7 +112,6 @@ class ClusterLink:
     ) -> tuple[dict[str, Visibility], dict[str, set[str]], dict[str, set[str]]]:
         """Reach Redis (within START_TIMEOUT) and read the whole policy; raises
         ClusterUnavailable with one line saying where and why."""
-        failures = _failures()
         problem: BaseException | None = None
         with trio.move_on_after(START_TIMEOUT) as waited:
             while True:
@@ -106,12 +120,15 @@ class ClusterLink:
                     async with make_client(self.target, self.cluster) as client:
                         visibility, contacts, blocks, position = await policy_store.load(client)
                     break
-                except failures as exc:
+                except BaseException as exc:
+                    if not is_failure(exc):
+                        raise
                     problem = exc
                     await trio.sleep(RETRY_FIRST)
         if waited.cancelled_caught:
+            reason = describe(problem) if problem is not None else "no answer"
             raise ClusterUnavailable(
-                f"cannot reach Redis at {self.target.describe()} (cluster.redis_url): {problem}"
+                f"cannot reach Redis at {self.target.describe()} (cluster.redis_url): {reason}"
             )
         self._policy_position = position
         self.merger = Merger(self._contacts_mode, self.cluster, self._now_ms)
@@ -168,7 +185,9 @@ class ClusterLink:
             raise ConnectionError(self.problem or "Redis is unreachable")
         try:
             return await read(client, *args)
-        except _failures() as exc:
+        except BaseException as exc:
+            if not is_failure(exc):
+                raise
             raise ConnectionError(f"Redis at {self.target.describe()}: {exc}") from None
 
     # --- running --------------------------------------------------------------------
@@ -178,9 +197,9 @@ class ClusterLink:
         Ready once joined the first time."""
         assert self._receiver is not None, "bind() the engine first"
         receiver = self._receiver
-        failures = _failures()
         delay = RETRY_FIRST
         first = True
+        quiet_until = -math.inf
         membership = Membership(
             self.node,
             self._settings.cluster.node_ttl,
@@ -216,10 +235,19 @@ class ClusterLink:
                             if first:
                                 first = False
                                 task_status.started()
-                except failures as exc:
+                except BaseException as exc:
+                    if not is_failure(exc):
+                        raise
+                    was_connected = self.connected
                     self.connected, self._client = False, None
-                    self.problem = f"Redis at {self.target.describe()} is unreachable: {exc}"
-                    log.warning("%s; serving local presence, retrying", self.problem)
+                    self.problem = (
+                        f"Redis at {self.target.describe()} is unreachable: {describe(exc)}"
+                    )
+                    now = trio.current_time()
+                    if was_connected or now >= quiet_until:
+                        # Once when it goes, then once a minute while it stays away.
+                        log.warning("%s; serving local presence, retrying", self.problem)
+                        quiet_until = now + 60
                     if first:
                         first = False
                         task_status.started()
@@ -232,8 +260,9 @@ class ClusterLink:
                 try:
                     async with make_client(self.target, self.cluster) as client:
                         await membership.leave(client)
-                except failures:
-                    pass
+                except BaseException as exc:
+                    if not is_failure(exc):
+                        raise
 
     async def _rejoin(self, client: Any, receiver: Receiver, fresh: bool) -> None:
         """After an outage: tell the engine, write back the policy if Redis lost it,
@@ -244,7 +273,7 @@ class ClusterLink:
             log.warning("Redis lost the cluster's data: writing back this node's copy")
             await policy_store.write_back(client, *receiver.policy_snapshot())
             self._policy_position = b"0-0"
-        for report in receiver.local_reports():
+        for report in receiver.local_reports(with_profile=fresh):
             self.publisher.report(report)
 
     async def _follow_policy(self, client: Any, receiver: Receiver) -> None:
@@ -259,6 +288,6 @@ class ClusterLink:
         assert self._receiver is not None
         await self._receiver.merged(view, cause)
 
-    async def _seeded(self, views: list[MergedView], asked: list[str]) -> None:
+    async def _seeded(self, views: list[MergedView], asked: list[str] | None) -> None:
         assert self._receiver is not None
         await self._receiver.seeded(views, asked)

@@ -8,8 +8,10 @@
 --
 -- KEYS: entries, merged, events
 -- ARGV: user, node, epoch, entry ('' removes it, '*hold' keeps it without its
---       devices: the node's sessions are lost), profile ('' keeps it, else
---       JSON [username, message]), now_ms, reason, device, publish command
+--       devices: the node's sessions are lost), profile ('' keeps it, else JSON
+--       [username, message, shown username, shown message]: what the user set,
+--       and what others see of it while it shows offline), now_ms, reason,
+--       device, publish command
 --       ('' publishes nothing), channel, events cap, fence (1: refuse the node's
 --       writes below epoch from now on)
 -- Returns the merged JSON with "po"/"pp" (push to the user's own sessions /
@@ -95,12 +97,17 @@ else
 end
 
 local u, m = old.u, old.m
+-- Others see a user showing offline with what it last showed while visible.
+local su, sm = old.su, old.sm
 if profile ~= '' then
   local p = cjson.decode(profile)
   u, m = p[1], p[2]
+  if status == 'offline' then
+    -- The reporting node saw the user visible with this (its later reports can
+    -- carry an earlier change: they replace one another on their way here).
+    su, sm = p[3], p[4]
+  end
 end
--- Others see a user showing offline with what it last showed while visible.
-local su, sm = old.su, old.sm
 if status ~= 'offline' or old.ver == 0 then
   su, sm = u, m
 end

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import trio
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 from coredis.tokens import PureToken
 
 from . import keys
@@ -69,12 +69,20 @@ class Merger:
         self._now_ms = now_ms
         self.merges = 0  # run in Redis (metrics)
 
-    async def run(self, client: Any, script: Any, merges: list[Merge]) -> list[MergedView | None]:
+    async def run(
+        self,
+        client: Any,
+        script: Any,
+        merges: list[Merge],
+        first: Callable[[Any], None] | None = None,
+    ) -> list[MergedView | None]:
         """Merge each (None where the node was fenced); one round trip for the merges
-        and one for the read model."""
+        (after what ``first`` puts in the same pipeline) and one for the read model."""
         now = self._now_ms()
         replies = []
         async with client.pipeline(transaction=False) as pipe:
+            if first is not None:
+                first(pipe)
             for merge in merges:
                 replies.append(
                     script(keys=_keys(merge.user_id), args=self._args(merge, now), client=pipe)
@@ -141,6 +149,7 @@ class Publisher:
         self._pending: dict[str, Report] = {}
         self._events: dict[str, _Event] = {}
         self._held: set[str] = set()  # users this node holds an entry for in Redis
+        self._profiles_in_flight: set[str] = set()
         self._wake = trio.Event()
         self.epoch = 0
 
@@ -151,8 +160,20 @@ class Publisher:
     def report(self, report: Report) -> None:
         """Queue the user's latest report; an older one still waiting is replaced.
         Never waits. Bounded by the users this node holds sessions of."""
+        waiting = self._pending.get(report.user_id)
+        if report.profile is None and waiting is not None and waiting.profile is not None:
+            # The later report replaces the earlier, but not the profile it carried.
+            report = evolve(report, profile=waiting.profile)
         self._pending[report.user_id] = report
         self._wake.set()
+
+    def changing_profile(self, user_id: str) -> bool:
+        """A username or status message set here is on its way to Redis: what Redis
+        shows of the user's profile until then is older."""
+        waiting = self._pending.get(user_id)
+        return (waiting is not None and waiting.profile is not None) or (
+            user_id in self._profiles_in_flight
+        )
 
     def note_event(self, user_id: str, reason: str, device: str | None) -> None:
         """Why the user's status is changing (the audit log), for its next report."""
@@ -173,18 +194,27 @@ class Publisher:
                 continue
             users = list(self._pending)[:BATCH]
             batch = [self._pending.pop(user) for user in users]
+            self._profiles_in_flight = {r.user_id for r in batch if r.profile is not None}
             try:
                 await self._publish_batch(client, script, batch)
             except BaseException:
                 for report in batch:
-                    self._pending.setdefault(report.user_id, report)
+                    newer = self._pending.get(report.user_id)
+                    if newer is None:
+                        self._pending[report.user_id] = report
+                    elif newer.profile is None and report.profile is not None:
+                        self._pending[report.user_id] = evolve(newer, profile=report.profile)
                 raise
+            finally:
+                self._profiles_in_flight = set()
 
     async def _publish_batch(self, client: Any, script: Any, batch: list[Report]) -> None:
         merges = []
         for report in batch:
             event = self._events.get(report.user_id) or _Event("", "")
-            profile = b"" if report.profile is None else orjson.dumps(list(report.profile))
+            profile = b""
+            if report.profile is not None:
+                profile = orjson.dumps([*report.profile, *(report.face or report.profile)])
             merges.append(
                 Merge(
                     report.user_id,
@@ -196,18 +226,23 @@ class Publisher:
                     event.device,
                 )
             )
-        views = await self._merger.run(client, script, merges)
+        # A user this node starts to hold an entry for is recorded in the same round
+        # trip as the entry: if the node dies, whoever cleans up after it finds it.
+        holding = [r.user_id for r in batch if not r.withdrawn and r.user_id not in self._held]
+        node_users = keys.node_users(self._node, self.epoch)
+
+        def record(pipe: Any) -> None:
+            if holding:
+                pipe.sadd(node_users, holding)
+
+        views = await self._merger.run(client, script, merges, record)
         if any(view is None for view in views):
             raise Fenced(f"node {self._node} at epoch {self.epoch} was taken for dead")
-        async with client.pipeline(transaction=False) as pipe:
-            for report in batch:
-                user = report.user_id
-                if report.withdrawn and user in self._held:
-                    self._held.discard(user)
-                    pipe.srem(keys.node_users(self._node, self.epoch), [user])
-                elif not report.withdrawn and user not in self._held:
-                    self._held.add(user)
-                    pipe.sadd(keys.node_users(self._node, self.epoch), [user])
+        self._held.update(holding)
+        released = [r.user_id for r in batch if r.withdrawn and r.user_id in self._held]
+        if released:
+            self._held.difference_update(released)
+            await client.srem(node_users, released)
         for report, view in zip(batch, views, strict=True):
             self._events.pop(report.user_id, None)
             assert view is not None

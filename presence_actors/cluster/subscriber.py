@@ -41,7 +41,7 @@ class Subscriber:
         contacts_mode: bool,
         cluster: bool,
         on_merged: Callable[[MergedView, object], Awaitable[None]],
-        on_seeded: Callable[[list[MergedView], list[str]], Awaitable[None]],
+        on_seeded: Callable[[list[MergedView], list[str] | None], Awaitable[None]],
         node: str = "",
     ) -> None:
         self._node = node
@@ -149,11 +149,13 @@ class Subscriber:
         await self._on_seeded(views, user_ids)
 
     async def _seed_everyone(self, client: Any) -> None:
-        """Every user's view (``everyone`` fan-out: this node shows them all)."""
+        """Every user's view (``everyone`` fan-out: this node shows them all); then
+        ``on_seeded([], None)``: users Redis no longer knows are not shown online."""
         cursor: int | None = 0
         while cursor is not None:
             cursor, found = await client.hscan(keys.VIEWS, cursor=cursor, count=_CHUNK)
             views = [decode_merged(raw, user.decode()) for user, raw in found.items()]
             if views:
-                await self._on_seeded(views, [])
+                await self._on_seeded(views, [view.user_id for view in views])
             cursor = cursor or None
+        await self._on_seeded([], None)

@@ -36,6 +36,9 @@ class Report:
     alive: int | None  # latest message or heartbeat of a visible session
     profile: tuple[str | None, str | None] | None = None
     cause: object = None
+    # What others are shown of the profile if the user shows offline: the username
+    # and status message it last showed while visible, as this node knows it.
+    face: tuple[str | None, str | None] | None = None
 
     @property
     def withdrawn(self) -> bool:
