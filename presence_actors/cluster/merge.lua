@@ -12,8 +12,9 @@
 --       [username, message, shown username, shown message]: what the user set,
 --       and what others see of it while it shows offline), now_ms, reason,
 --       device, publish command
---       ('' publishes nothing), channel, events cap, fence (1: refuse the node's
---       writes below epoch from now on)
+--       ('' publishes nothing), channel, events cap, fence (1: the node's epoch
+--       is dead: refuse its writes up to epoch from now on; its entry is
+--       changed only if no later epoch wrote it)
 -- Returns the merged JSON with "po"/"pp" (push to the user's own sessions /
 -- to others) and "c" (anything changed), or false when the node's epoch is fenced.
 
@@ -24,23 +25,31 @@ local null = cjson.null
 local user, node, epoch = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local entry, profile, now = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
-local fence = redis.call('HGET', KEYS[1], 'x:' .. node)
-if fence and tonumber(fence) >= epoch and ARGV[12] ~= '1' then
+local fencing = ARGV[12] == '1'
+local fence = tonumber(redis.call('HGET', KEYS[1], 'x:' .. node))
+if fencing then
+  if not fence or fence < epoch then
+    redis.call('HSET', KEYS[1], 'x:' .. node, epoch)
+  end
+elseif fence and fence >= epoch then
   return false
 end
-if ARGV[12] == '1' then
-  redis.call('HSET', KEYS[1], 'x:' .. node, epoch)
+local current = nil
+if fencing or entry == '*hold' then
+  current = redis.call('HGET', KEYS[1], node)
+  if current then current = cjson.decode(current) end
 end
-if entry == '' then
+-- Cleaning up after a dead epoch of a node leaves alone an entry written by a
+-- later epoch of the same name (the node restarted and has the user again).
+local touch = not (fencing and current and (current.e or 0) > epoch)
+if not touch then
+  -- nothing of this node's entry changes
+elseif entry == '' then
   redis.call('HDEL', KEYS[1], node)
 elseif entry == '*hold' then
-  local current = redis.call('HGET', KEYS[1], node)
-  if current then
-    local e = cjson.decode(current)
-    if #e.d > 0 then
-      e.d = nil
-      redis.call('HSET', KEYS[1], node, string.sub(cjson.encode(e), 1, -2) .. ',"d":[]}')
-    end
+  if current and #current.d > 0 then
+    current.d = nil
+    redis.call('HSET', KEYS[1], node, string.sub(cjson.encode(current), 1, -2) .. ',"d":[]}')
   end
 else
   redis.call('HSET', KEYS[1], node, entry)
@@ -82,7 +91,7 @@ elseif best_held >= 0 then
   status = NAMES[best_held]
 end
 
-if entry == '' then
+if entry == '' and touch then
   -- Its last heartbeat is in al from now on (below); the stamp is not needed.
   redis.call('HDEL', KEYS[1], 'v:' .. node)
 end
