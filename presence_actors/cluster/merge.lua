@@ -63,7 +63,7 @@ local function later(a, b)
 end
 
 local best_live, best_held = -1, -1
-local devices, active, alive = {}, null, null
+local devices, active, alive, held = {}, null, null, {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local name, value = fields[i], fields[i + 1]
@@ -76,12 +76,20 @@ for i = 1, #fields, 2 do
     if #e.d > 0 then
       if p > best_live then best_live = p end
       for _, d in ipairs(e.d) do devices[#devices + 1] = d end
-    elseif p > best_held then
-      best_held = p
+    else
+      held[#held + 1] = name
+      if p > best_held then best_held = p end
     end
     active = later(active, e.a)
     alive = later(alive, e.v)
   end
+end
+-- A node holds the user through the grace period when it lost its own last
+-- session; while another node has a session that was not the user's last one,
+-- so the hold ends (as a second device's drop does on one server). Otherwise,
+-- once the live sessions go too, a stale hold would show instead of theirs.
+if best_live >= 0 and #held > 0 then
+  redis.call('HDEL', KEYS[1], unpack(held))
 end
 
 local status = 'offline'
@@ -124,7 +132,12 @@ local al = later(old.al, alive)
 local ls = old.ls
 if status ~= 'offline' then
   ls = later(null, active)
-  if ls == null then ls = old.ls end
+  if ls == null then
+    ls = old.ls
+  elseif old.s ~= 'offline' then
+    -- An ended session's activity counts while the user stays online.
+    ls = later(ls, old.ls)
+  end
 elseif old.s ~= 'offline' then
   ls = later(al, null)
   if ls == null then ls = old.ls end
