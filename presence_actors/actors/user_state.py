@@ -57,6 +57,9 @@ class Rules:
     away_after: float = 300.0
     max_sessions: int = 10
     pushes_per_window: int = 10
+    # A node of a cluster: the last session here need not be the user's last one,
+    # so the start of a hold is published (see _remove).
+    publish_holds: bool = False
     # A testing seam (open_engine's ``seams``): called with the user id and the
     # message before each transition of a user actor; what it raises crashes the
     # actor there, like a bug in a transition. None in a server.
@@ -226,13 +229,20 @@ class Ended:
 class Publish:
     """Tell the registry the user's new view (``public``: what others see of it, the
     same object when nothing is hidden); the pushes go to the user's own sessions
-    (``push_own``) and to the other watchers (``push_public``)."""
+    (``push_own``) and to the other watchers (``push_public``).
+
+    In a cluster the view is this node's share of the user: ``alive`` (when a
+    visible session was last heard from) and ``profile_changed`` (a request here
+    changed the username or status message) go into the node's report.
+    """
 
     view: UserView
     public: UserView
     push_own: bool
     push_public: bool
     cause: SessionHandle | None
+    alive: int | None = None
+    profile_changed: bool = False
 
 
 @frozen
@@ -423,6 +433,22 @@ def request(
             return _finish(state, [], now, rules, cause=handle, reason="active")
 
 
+def sync_profile(state: UserState, username: str | None, status_message: str | None) -> Outcome:
+    """The cluster shows another username or status message (set on another node):
+    take it without publishing anything (it is what everyone already sees)."""
+    if (state.username, state.status_message) == (username, status_message):
+        return state, []
+    state = state.copy()
+    state.username, state.status_message = username, status_message
+    if state.shown is not None:
+        shown = state.shown
+        state.shown = UserView(
+            shown.user_id, shown.status, username, status_message, shown.last_seen, shown.devices
+        )
+        state.pushed = state.shown.pushed_part()
+    return state, []
+
+
 def expire(state: UserState, now: float, rules: Rules) -> Outcome:
     """Fire every timer that is due at ``now``: heartbeat timeouts, grace, away, pushes."""
     state = _synced(state, rules)
@@ -446,8 +472,16 @@ def expire(state: UserState, now: float, rules: Rules) -> Outcome:
 
 def last_alive(state: UserState, rules: Rules) -> int | None:
     """When a visible session of this user was last heard from (wall ms), counting
-    bare heartbeats the actor has not folded in yet; None if never."""
-    return _synced(state, rules).seen_alive
+    bare heartbeats the actor has not folded in yet; None if never. Reads only (no
+    copy of the state): a cluster node asks it for every local user each second."""
+    alive = state.seen_alive
+    for session in state.sessions:
+        heard = session.handle.last_message
+        if heard > session.last_message and session.status is not Status.OFFLINE:
+            stamp = rules.clock.ms(heard)
+            if alive is None or stamp > alive:
+                alive = stamp
+    return alive
 
 
 def _synced(state: UserState, rules: Rules) -> UserState:
@@ -553,6 +587,13 @@ def _remove(
         state.departed = ()  # the user is offline now: a later connect starts afresh
     effects = [*effects, Ended(session.handle)]
     if state.grace is not None:
+        if rules.publish_holds and state.shown is not None:
+            # This node's share becomes a hold without devices; the cluster's merge
+            # shows it only if no other node has a session of the user. The shown
+            # view stays, so the end of the hold is still a change.
+            held_view = view_of(state, now, rules)
+            public = public_view(state, held_view)
+            effects.append(Publish(held_view, public, False, False, None, state.seen_alive))
         return state, effects  # nothing visible changes until the grace period ends
     return _finish(state, effects, now, rules, cause=session.handle, reason=reason)
 
@@ -634,8 +675,14 @@ def _finish(
             state.push_cause = cause
             state.held_own, state.held_public = own_moved, public_moved
     if changed or push_own or push_public:
+        profile_changed = before is not None and (view.username, view.status_message) != (
+            before.username,
+            before.status_message,
+        )
         state.shown = view
-        effects.append(Publish(view, public, push_own, push_public, cause))
+        effects.append(
+            Publish(view, public, push_own, push_public, cause, state.seen_alive, profile_changed)
+        )
     return state, effects
 
 

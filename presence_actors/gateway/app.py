@@ -11,6 +11,8 @@ import logging
 import re
 from importlib import resources
 
+import trio
+
 from ..actors import Engine, StatsQuery
 from ..config import Settings
 from ..metrics import Metrics
@@ -149,4 +151,19 @@ class PresenceApp:
             "actor_restarts": registry.stats.actor_restarts,
             "persistence_pending": writer_stats.pending_intents,
             "persistence_commit_failures": writer_stats.commit_failures,
+            "trio_tasks_living": trio.lowlevel.current_statistics().tasks_living,
+            **self._cluster_values(),
+        }
+
+    def _cluster_values(self) -> dict[str, float]:
+        cluster = self.engine.registry.cluster
+        if cluster is None:
+            return {}
+        link = cluster.link
+        return {
+            "cluster_connected": float(link.connected),
+            "cluster_published": link.merger.merges,
+            "cluster_received": link.subscriber.received,
+            "cluster_watched": link.subscriber.interest,
+            "cluster_joins": link.joins,
         }

@@ -16,10 +16,10 @@ from attrs import frozen
 from hypercorn.config import Config as HypercornConfig
 
 from ..actors import Engine, open_engine
+from ..actors.engine import EngineWriter
 from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
-from ..persistence import PersistenceActor
 from .admission import connection_cap
 from .app import PresenceApp
 from .listener import PortServer
@@ -52,6 +52,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
         f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
     ]
     config.accesslog = None
+    # More than one: the listening sockets take SO_REUSEPORT (hypercorn sets it for
+    # workers > 1), so that every worker of one machine binds the same port.
+    config.workers = settings.server.workers
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.server.graceful_timeout
     # After a restart every client reconnects at once; hypercorn's default of
@@ -176,7 +179,7 @@ _WATCHDOG_MARGIN = 5.0
 EXIT_WRITES_LOST = 1
 
 
-def _start_watchdog(seconds: float, writer: PersistenceActor) -> None:
+def _start_watchdog(seconds: float, writer: EngineWriter) -> None:
     """End the process after ``seconds``, with a status and a line that say what it lost.
 
     Runs in a thread: it reads only ``writer.loss``, which the writer sets once,
