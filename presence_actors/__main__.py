@@ -8,6 +8,7 @@ print one line on stderr and exit non-zero; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import signal
@@ -503,6 +504,16 @@ def _count_argument(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _pace(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     from .testing.schedule import FAULTS, MAX_USERS
 
@@ -520,6 +531,12 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--only", metavar="N,N,...", help="play only these events (as a shrunk trace prints)"
+    )
+    parser.add_argument(
+        "--pace",
+        type=_pace,
+        metavar="SECONDS",
+        help="mean time between two scheduled events (default 0.05: busy clients)",
     )
     parser.add_argument(
         "--fanout", choices=("everyone", "contacts"), help="presence.fanout (default everyone)"
@@ -547,7 +564,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.users > MAX_USERS:
         raise CliError(f"--users {args.users}: at most {MAX_USERS}", EXIT_USAGE)
     invocation = Invocation(
-        args.seed, args.steps, args.users, faults, only, args.fanout, args.config
+        args.seed, args.steps, args.users, faults, only, args.fanout, args.config, args.pace
     )
     if os.environ.get("PYTHONHASHSEED") != "0":
         # The engine iterates sets of user ids, whose order follows str hashing,

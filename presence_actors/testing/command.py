@@ -29,12 +29,15 @@ class Invocation:
     only: tuple[int, ...] | None = None
     fanout: str | None = None
     config: Path | None = None
+    pace: float | None = None
 
     def argv(self, only: Iterable[int] | None = None) -> list[str]:
         """The arguments of ``python -m presence_actors simulate`` that replay this
         run (with ``only`` those events)."""
         argv = ["--seed", str(self.seed), "--steps", str(self.steps), "--users", str(self.users)]
         argv += ["--faults", ",".join(sorted(self.faults)) or "none"]
+        if self.pace is not None:
+            argv += ["--pace", repr(self.pace)]
         if self.fanout is not None:
             argv += ["--fanout", self.fanout]
         if self.config is not None:
@@ -53,7 +56,10 @@ def simulate(
 ) -> tuple[list[str], Result]:
     """Run the invocation; the report's lines and the result of the (whole) run."""
     simulation = Simulation(invocation.seed, invocation.users, settings, faults=invocation.faults)
-    schedule = simulation.schedule(invocation.steps)
+    if invocation.pace is None:
+        schedule = simulation.schedule(invocation.steps)
+    else:
+        schedule = simulation.schedule(invocation.steps, invocation.pace)
     if invocation.only is not None:
         schedule = schedule.only(invocation.only)
     result = simulation.run(schedule)

@@ -9,6 +9,7 @@ shrunk one is replayed exactly by ``--only`` with those numbers.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 
@@ -133,19 +134,25 @@ _FAULT_WEIGHTS = {
     "restart": 0.04,
     "kill": 0.04,
 }
-# Moments: most events follow each other closely (mean MEAN_GAP s); some arrive
-# at the same moment as the one before (handled together: their interleaving is
-# the scheduler's); now and then a long quiet lets every timer run out.
+# Moments: most events follow each other closely (mean MEAN_GAP s: busy clients,
+# so that a run explores much in little wall time); some arrive at the same
+# moment as the one before (handled together: their interleaving is the
+# scheduler's); now and then a long quiet lets every timer run out.
 MEAN_GAP = 0.05
 SAME_MOMENT = 0.15
 QUIET = 0.004
 QUIET_SECONDS = (45.0, 120.0)
 
 
-def generate(seed: int, steps: int, users: int, faults: Iterable[str] = ()) -> Schedule:
-    """``steps`` events for ``users`` users, drawn from ``seed`` alone."""
+def generate(
+    seed: int, steps: int, users: int, faults: Iterable[str] = (), pace: float = MEAN_GAP
+) -> Schedule:
+    """``steps`` events for ``users`` users, drawn from ``seed`` alone; ``pace`` is the
+    mean time between two events (besides bursts and quiet spells)."""
     if not 1 <= users <= MAX_USERS:
         raise ValueError(f"users must be from 1 to {MAX_USERS}, got {users}")
+    if not 0 < pace < math.inf:
+        raise ValueError(f"pace must be a positive number of seconds, got {pace}")
     faults = frozenset(faults)
     rng = random.Random(f"presence-actors schedule {seed}")
     devices = devices_for(users)
@@ -159,7 +166,7 @@ def generate(seed: int, steps: int, users: int, faults: Iterable[str] = ()) -> S
         if roll < QUIET:
             at += rng.uniform(*QUIET_SECONDS)
         elif roll >= QUIET + SAME_MOMENT or not events:
-            at += rng.expovariate(1 / MEAN_GAP)
+            at += rng.expovariate(1 / pace)
         kind = rng.choices(kinds, weights)[0]
         if not connected and kind not in ("contact", "admin-privacy", *_FAULT_WEIGHTS):
             kind = "connect"

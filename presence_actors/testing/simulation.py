@@ -39,7 +39,7 @@ from ..persistence import WritesLost
 from . import events as ev
 from .epochs import StoreState, read_store
 from .report import Counters, Result
-from .schedule import Schedule, generate
+from .schedule import MEAN_GAP, Schedule, generate
 from .scheduler import InlineStore, Watchdog, seeded_scheduling
 from .world import Invariant, World
 
@@ -80,8 +80,9 @@ class Simulation:
             base, persistence=attrs.evolve(base.persistence, retention=0.0)
         )
 
-    def schedule(self, steps: int) -> Schedule:
-        return generate(self.seed, steps, self.users, self.faults)
+    def schedule(self, steps: int, pace: float = MEAN_GAP) -> Schedule:
+        """The generated schedule of ``steps`` events (``pace``: mean seconds between)."""
+        return generate(self.seed, steps, self.users, self.faults, pace)
 
     def run(self, steps: int | Schedule) -> Result:
         """Play ``steps`` generated events (or a given schedule) and check them."""

@@ -651,13 +651,14 @@ class World:
         self._unwelcomed.clear()
         self._check_count(now)
         cache: dict[str, tuple[Part, Part]] = {}
-        for user_id, since in self.truth.changed.items():
+        changed = self.truth.changed
+        for user_id, since in changed.items():
             for session in self._watchers[user_id]:
                 self._compare(session, user_id, now, since, cache)
-        self.truth.changed.clear()
         for session, user_id in self._dirty:
-            if user_id in session.views:
+            if user_id not in changed and user_id in session.views:
                 self._compare(session, user_id, now, now, cache)
+        changed.clear()
         self._dirty.clear()
         self._overdue(now, cache)
         if self.invariants and self.engine is not None:
