@@ -72,6 +72,7 @@ class Watchdog(trio.abc.Instrument):
         self.rounds = rounds
         self.scope: trio.CancelScope | None = None
         self.stuck_at: float | None = None
+        self.on_stuck: Callable[[float], None] | None = None
         self._at = math.nan
         self._count = 0
 
@@ -83,6 +84,8 @@ class Watchdog(trio.abc.Instrument):
         self._count += 1
         if self._count == self.rounds and self.scope is not None:
             self.stuck_at = now
+            if self.on_stuck is not None:
+                self.on_stuck(now)
             self.scope.cancel()
 
 

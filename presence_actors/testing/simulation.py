@@ -59,7 +59,8 @@ class Simulation:
     names from :data:`~.schedule.FAULTS`. ``invariants`` are a researcher's own,
     by name: each is called at the end of every moment with a
     :class:`~.world.Moment` and returns the problems it sees (violations under
-    its name).
+    its name). ``watchdog_rounds``: scheduler rounds at one moment after which
+    the run is stopped as a livelock (a violation of ``engine``).
     """
 
     def __init__(
@@ -70,7 +71,9 @@ class Simulation:
         *,
         faults: Iterable[str] = (),
         invariants: Mapping[str, Invariant] | None = None,
+        watchdog_rounds: int = 100_000,
     ) -> None:
+        self.watchdog_rounds = watchdog_rounds
         self.seed = seed
         self.invariants = dict(invariants or {})
         self.users = users
@@ -98,7 +101,7 @@ class Simulation:
                 seeded_scheduling(schedule.seed),
             ):
                 clock = trio.testing.MockClock(autojump_threshold=0)
-                watchdog = Watchdog()
+                watchdog = Watchdog(self.watchdog_rounds)
                 trio.run(
                     self._main,
                     schedule,
@@ -120,6 +123,7 @@ class Simulation:
         store = InlineStore()
         world = World(self.settings, schedule.users, clock, result.counters, store, self.invariants)
         seams = Seams(run_blocking=store, before_transition=world.before_transition)
+        watchdog.on_stuck = world.stuck
         with trio.CancelScope() as watchdog.scope:
             await self._epochs(schedule, world, clock, seams, tmp)
         if watchdog.stuck_at is not None:
@@ -130,6 +134,7 @@ class Simulation:
             )
         result.violations = world.violations
         result.virtual_seconds = trio.current_time()
+        result.counters.commit_failures = store.failures
 
     async def _epochs(
         self, schedule: Schedule, world: World, clock: WallClock, seams: Seams, tmp: Path
@@ -163,8 +168,9 @@ class Simulation:
                 world.violation("engine", f"the engine stopped: {group.exceptions[0]}")
                 failed = True
             except* Exception as group:
-                error = group.exceptions[0]
-                world.violation("engine", f"the engine failed: {_where(error)}")
+                if world.stuck_at is None:  # else: the failure of a run stopped at random
+                    error = group.exceptions[0]
+                    world.violation("engine", f"the engine failed: {_where(error)}")
                 failed = True
             world.engine = None
             stopped = trio.current_time()

@@ -152,7 +152,13 @@ class World:
         self._unwelcomed: set[SimSession] = set()  # attached, neither welcomed nor closed
         self._count = -1  # the online count last checked
         self._sorted = 0  # violations before this index are in their final order
+        self.stuck_at: float | None = None
         self.epoch_start = 0
+
+    def stuck(self, at: float) -> None:
+        """The watchdog stops the run (a livelock at ``at``): what fails as the engine
+        is torn down at a random point is not reported."""
+        self.stuck_at = at
 
     def violation(self, invariant: str, detail: str) -> None:
         self.violations.append(Violation(invariant, trio.current_time(), self.step, detail))
