@@ -37,9 +37,9 @@ class SimSession:
         "handle",
         "key",
         "last_seen",
-        "learned",
         "next_heartbeat",
         "number",
+        "own_known",
         "seen_at",
         "silent",
         "subscriptions",
@@ -62,7 +62,9 @@ class SimSession:
         # username), and the latest lastSeen it was told of each.
         self.views: dict[str, Part] = {}
         self.last_seen: dict[str, int | None] = {}
-        self.learned = False  # got its first view of everyone it follows
+        # Requests sent before the client last learned a change of its own user
+        # from a reply (their answers about that user are older): their count.
+        self.own_known = 0
         self.subscriptions: set[str] = set()
         offer: Callable[[Outgoing], None] = self._offer(listener)
         close: Callable[[int, str], None] = self._close(listener)

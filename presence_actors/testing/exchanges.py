@@ -149,7 +149,7 @@ def answered(world: World, session: SimSession, item: ServerMessage) -> None:
         return
     if rid is None:
         if isinstance(item, PresenceState) and world.contacts_mode:
-            _views(world, session, item.users)  # the contacts' state after the welcome
+            _views(world, session, item.users, None)  # the contacts' state after the welcome
         elif isinstance(item, HeartbeatAck):
             pass  # a bare heartbeat's
         elif (
@@ -192,9 +192,12 @@ def answered(world: World, session: SimSession, item: ServerMessage) -> None:
         case PrivacyUpdated() | Blocked() | Unblocked():
             world.confirm(rid, (session.user_id,))
         case PresenceState(users=users) | Presence(users=users) | AllUsers(users=users):
-            _views(world, session, users)
+            event = pending.event
+            if isinstance(event, ev.Subscribe):  # in force from its answer on
+                session.subscriptions.update(ev.user_name(t) for t in event.targets)
+            _views(world, session, users, rid)
         case UserStatus(view=view):
-            _views(world, session, (view,))
+            _views(world, session, (view,), rid)
         case Unsubscribed(user_ids=user_ids):
             world.unsubscribed(session, user_ids)
         case OnlineCount(count=count):
@@ -211,9 +214,9 @@ def _refused(world: World, session: SimSession, kind: str, rid: str, error: Erro
     world.violation("reply", f"{session!r}'s {kind} request got {_describe(error)}")
 
 
-def _views(world: World, session: SimSession, views: tuple[UserView, ...]) -> None:
+def _views(world: World, session: SimSession, views: tuple[UserView, ...], rid: str | None) -> None:
     for view in views:
-        world.told_in_answer(session, view)
+        world.told_in_answer(session, view, rid)
 
 
 def _count(world: World, session: SimSession, count: int, now: float) -> None:

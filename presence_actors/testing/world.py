@@ -323,8 +323,6 @@ class World:
         change = None
         if kind in ("privacy", "block"):
             change = exchanges.policy_change(event, session.user_id)
-        elif isinstance(event, ev.Subscribe) and event.on:
-            session.subscriptions.update(ev.user_name(t) for t in event.targets)
         await self.request(engine, session, kind, message, event, change)
         return True
 
@@ -503,7 +501,12 @@ class World:
                 self.ledger.pushed(target, self.clock.ms(trio.current_time()), view.status)
         self._told(session, view, hidden)
 
-    def told_in_answer(self, session: SimSession, view: UserView) -> None:
+    def told_in_answer(self, session: SimSession, view: UserView, rid: str | None) -> None:
+        own = view.user_id == session.user_id
+        if own and rid is not None and int(rid[1:]) <= session.own_known:
+            # Asked before the client learned its own change (from the reply to it):
+            # answered as of before that change, so it tells the client nothing new.
+            return
         hidden = is_hidden(view)
         if view.user_id != session.user_id and not hidden:
             self._visible(session, view, "answered")
@@ -551,6 +554,7 @@ class World:
     def told_own(self, session: SimSession, change: Callable[[Part], Part]) -> None:
         """A reply about the session's own user, whose change it caused (and so is
         not pushed): ``change`` makes what it knew into what it knows now."""
+        session.own_known = self._requests
         known = session.views.get(session.user_id)
         if known is not None and session.live:
             session.views[session.user_id] = change(known)
