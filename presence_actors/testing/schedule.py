@@ -60,8 +60,9 @@ def parse_faults(text: str) -> frozenset[str]:
             raise ValueError(f"unknown fault {name!r}: expected all, none or some of {known}")
         if kind.needs_cluster:
             raise ValueError(
-                f"the fault {name!r} needs the Redis cluster (issue 12), which the"
-                " simulation does not run yet"
+                f"the fault {name!r} needs the Redis cluster, which the simulation"
+                " does not run (it runs one engine; tests/test_cluster_faults.py"
+                " covers cluster faults with real processes)"
             )
     return frozenset(names)
 
