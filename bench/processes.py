@@ -270,7 +270,13 @@ async def _find_workers(supervisor: int, expected: int) -> list[int]:
             await trio.sleep(0.05)
     if len(found) != expected:
         raise BenchError(f"the supervisor has {len(found)} worker processes, not {expected}")
-    return found
+    return sorted(found, key=_worker_index)
+
+
+def _worker_index(pid: int) -> int:
+    """The ``--worker I`` a worker process was started with (its node name has it)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"--worker") + 1]) if b"--worker" in argv else 0
 
 
 async def _stop(process: trio.Process, *, check: bool) -> None:
