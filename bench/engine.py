@@ -31,7 +31,7 @@ from bench import persistence as persistence_bench
 from presence_actors.actors import MemoryOutbox, SessionHandle, open_engine
 from presence_actors.config import Settings
 from presence_actors.model import DeviceType, Status
-from presence_actors.protocol import Push, SetStatus, Subscribe, Welcome
+from presence_actors.protocol import Push, PushBatch, SetStatus, Subscribe, Welcome
 
 
 def _settings(path: Path) -> Settings:
@@ -51,11 +51,22 @@ def _settings(path: Path) -> Settings:
     )
 
 
+def _pushes(item: object) -> tuple[Push, ...]:
+    # A fan-out tick hands a watcher all its pushes as one PushBatch.
+    if isinstance(item, PushBatch):
+        return item.pushes
+    return (item,) if isinstance(item, Push) else ()
+
+
 async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> dict[str, float]:
     settings = _settings(path)
+    statuses = (Status.BUSY, Status.ONLINE)
+    # A fan-out tick keeps one push per user, so a user changed twice within one tick
+    # is pushed once: the run ends when every watcher shows every user's last status.
+    final = {f"u{i % users}": statuses[(i // users) % 2] for i in range(changes)}
     received = 0
+    caught_up = sum(status is Status.ONLINE for status in final.values()) * watchers
     all_pushed = trio.Event()
-    expected = changes * watchers
 
     async with open_engine(settings) as engine, trio.open_nursery() as nursery:
 
@@ -68,7 +79,9 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
 
         async def drain(outbox: MemoryOutbox, counts: bool) -> None:
             # Like a session writer: wake once, then take everything already queued.
-            nonlocal received
+            nonlocal received, caught_up
+            # Every user connected online before the count starts.
+            shown = dict.fromkeys(final, Status.ONLINE)
             async for item in outbox.receive:
                 batch = [item]
                 while True:
@@ -76,11 +89,20 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
                         batch.append(outbox.receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                if counts:
-                    received += sum(isinstance(i, Push) and i.view.user_id[0] == "u" for i in batch)
-                    if received >= expected:
-                        all_pushed.set()
+                if not counts or not counting:
+                    continue
+                for push in (push for item in batch for push in _pushes(item)):
+                    user_id, status = push.view.user_id, push.view.status
+                    if user_id not in final:
+                        continue
+                    received += 1
+                    was_final = shown[user_id] == final[user_id]
+                    shown[user_id] = status
+                    caught_up += (status == final[user_id]) - was_final
+                if caught_up == len(final) * watchers:
+                    all_pushed.set()
 
+        counting = False
         user_ids = tuple(f"u{i}" for i in range(users))
         watcher_handles = [await attach(f"w{i}") for i in range(watchers)]
         for handle in watcher_handles:
@@ -94,15 +116,14 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
             assert isinstance(handle.outbox, MemoryOutbox)
             nursery.start_soon(drain, handle.outbox, False)
         await trio.sleep(0.1)
-        received = 0
-
-        statuses = (Status.BUSY, Status.ONLINE)
+        counting = True
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(changes):
             handle = user_handles[i % users]
             status = statuses[(i // users) % 2]
             await engine.request(handle, SetStatus(status=status))
-        await all_pushed.wait()
+        with trio.fail_after(600):  # a miscount must end the run, not hang it
+            await all_pushed.wait()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         nursery.cancel_scope.cancel()
     return {
@@ -110,7 +131,8 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
         "watchers": watchers,
         "seconds": round(wall, 3),
         "changes_per_second": round(changes / wall),
-        "pushes_per_second": round(expected / wall),
+        "pushes": received,
+        "pushes_per_second": round(received / wall),
         "cpu_us_per_change": round(cpu / changes * 1e6, 2),
     }
 
@@ -136,6 +158,7 @@ def main() -> None:
     print(
         f"engine: {engine['changes_per_second']:,} status changes/s "
         f"({engine['pushes_per_second']:,} pushes/s to {engine['watchers']} watchers, "
+        f"{engine['pushes']:,} pushes in all, "
         f"{engine['cpu_us_per_change']} us CPU per change, one core)"
     )
     for key, value in persistence.items():
