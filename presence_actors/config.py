@@ -194,6 +194,8 @@ class ServerSettings:
     body_timeout: Duration = 10.0
     # Longest silence while a request body is arriving.
     body_idle_timeout: Duration = 5.0
+    # Worker processes sharing the port, each a node (more than 1 needs Redis).
+    workers: Annotated[int, _at_least(1, 256)] = 1
 
 
 @frozen
@@ -273,6 +275,8 @@ class LoggingSettings:
 @frozen
 class ClusterSettings:
     redis_url: str = ""
+    # A node silent for this long is taken for dead (its sessions count as lost).
+    node_ttl: Duration = 3.0
 
 
 @frozen
