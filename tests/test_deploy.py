@@ -21,6 +21,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,12 +31,21 @@ from pathlib import Path
 import pytest
 import trio
 
-from .process_harness import STOP_TIMEOUT, child_env, http
+from presence_actors.persistence import open_reader
+
+from .process_harness import (
+    STOP_TIMEOUT,
+    child_env,
+    http,
+    server_process,
+    wait_for,
+    write_config,
+    ws_client,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "presence-actors.service"
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
-INSTALL = ROOT / "deploy" / "install.sh"
 # A fresh venv and every dependency: some 30 s on a quiet machine.
 INSTALL_TIMEOUT = 600
 STARTUP_TIMEOUT = 30
@@ -206,11 +216,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert any(
         run.startswith("/src/deploy/install.sh /opt/presence-actors /src") for run in runs
     ), runs
+    # COPY . /src: the tree as the build context has it (.dockerignore applied).
+    source = tmp_path_factory.mktemp("context") / "src"
+    ignored = [
+        line.strip().removeprefix("**/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*ignored))
     prefix = tmp_path_factory.mktemp("opt") / "presence-actors"
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("PYTHONPATH", None)  # the install must stand on its own
     result = subprocess.run(
-        ["sh", str(INSTALL), str(prefix), str(ROOT)],
+        ["sh", str(source / "deploy" / "install.sh"), str(prefix), str(source)],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
@@ -272,3 +290,70 @@ with urllib.request.urlopen(sys.argv[1] + "/", timeout=10) as answer:
 with urllib.request.urlopen(sys.argv[1] + "/app.js", timeout=10) as answer:
     assert answer.status == 200
 """
+
+
+# --- backup and restore, as docs/DEPLOYMENT.md says ---------------------------------------
+
+
+def documented_backup_commands() -> list[str]:
+    """The two backup commands of DEPLOYMENT.md's "Backup and restore", as written."""
+    text = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    section = text[text.index("## Backup and restore") : text.index("## Upgrade")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    commands = [block.replace("\\\n", " ").strip() for block in blocks]
+    assert len(commands) == 2, commands
+    assert commands[0].startswith("sqlite3 "), commands
+    return commands
+
+
+async def test_an_online_backup_restores_users_and_contacts(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live", tmp_path / "restored"
+    live.mkdir()
+    restored.mkdir()
+    database = live / "presence.db"
+    config = write_config(live / "config.toml", persistence={"path": str(database)})
+    copies = []
+    async with server_process(live, config) as server:
+        status, _ = await http(
+            "PUT", f"{server.base_url}/api/admin/users/alice/contacts", {"contacts": ["bob"]}
+        )
+        assert status == 200  # answered once committed
+        async with ws_client(server, "alice") as alice:
+            await alice.request({"type": "identify", "username": "Alice"}, "identified")
+            with trio.fail_after(10):
+                await wait_for(lambda: committed_name(database, "alice", "Alice"))
+            # Both documented commands, while the server runs and writes.
+            for n, command in enumerate(documented_backup_commands()):
+                if command.startswith("sqlite3 ") and shutil.which("sqlite3") is None:
+                    continue
+                copy = tmp_path / f"backup-{n}.db"
+                command = command.replace("/var/lib/presence-actors/presence.db", str(database))
+                command = re.sub(r"/backup/presence[^\"']*?\.db", str(copy), command)
+                done = await trio.run_process(["sh", "-c", command], check=False)
+                assert done.returncode == 0, command
+                copies.append(copy)
+    assert copies
+    for copy in copies:
+        with sqlite3.connect(copy) as db:
+            assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+        target = restored / "presence.db"
+        shutil.copy(copy, target)
+        config = write_config(restored / "config.toml", persistence={"path": str(target)})
+        async with server_process(restored, config) as server:
+            status, answer = await http("GET", f"{server.base_url}/api/admin/users/alice")
+            assert (status, answer["contacts"]) == (200, ["bob"])
+            status, answer = await http("GET", f"{server.base_url}/api/users/alice")
+            assert answer["user"]["username"] == "Alice"
+        for leftover in restored.iterdir():
+            leftover.unlink()
+
+
+async def committed_name(database: Path, user_id: str, username: str) -> bool:
+    """Whether the username is committed to the database file (read from the file)."""
+
+    def read() -> bool:
+        with open_reader(database) as reader:
+            users = {user.user_id: user.username for user in reader.load_users()}
+        return users.get(user_id) == username
+
+    return await trio.to_thread.run_sync(read)
