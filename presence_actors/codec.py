@@ -292,25 +292,34 @@ def encode_bytes(message: p.ServerMessage) -> bytes:
     return _splice(message, [view_fragment(view) for view in users])
 
 
-def prepare_bulk(message: p.ServerMessage, fragments: list[bytes]) -> None:
-    """Encode a bulk answer now from its views' encodings (``fragments``, in order),
-    so that the transport sending it later only takes the bytes.
+def prepare_bulk(message: p.ServerMessage, pieces: list[bytes]) -> None:
+    """Encode a bulk answer now from its views' encodings (``pieces``, in order: each
+    one view's JSON or several joined by commas), so that the transport sending it
+    later only takes the bytes.
 
     The engine walks a bulk answer in short turns, encoding each view on the
     way; splicing ten thousand cached views again in one go would cost the
     event loop several milliseconds. What transports never take (they use the
     views) is kept up to a bound in bytes, the oldest dropped first.
     """
-    _prepared.put(message, _splice(message, fragments))
+    _prepared.put(message, _splice(message, pieces))
 
 
-def _splice(message: p.ServerMessage, fragments: list[bytes]) -> bytes:
+def _splice(message: p.ServerMessage, pieces: list[bytes]) -> bytes:
+    """The message's JSON around ``pieces`` (each one or more comma-separated views),
+    in one join: a ten-thousand-user answer is copied once."""
     head: dict[str, Any] = {"type": message.TYPE, "timestamp": format_timestamp(message.timestamp)}
     if isinstance(message, p.AllUsers):
         head["nextCursor"] = message.next_cursor
     if message.request_id is not None:
         head["requestId"] = message.request_id
-    return b"".join((orjson.dumps(head)[:-1], b',"users":[', b",".join(fragments), b"]}"))
+    parts = [orjson.dumps(head)[:-1], b',"users":[']
+    for piece in pieces:
+        parts += (piece, b",")
+    if pieces:
+        parts.pop()
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 class _Prepared:

@@ -23,6 +23,9 @@ def configure_logging(settings: LoggingSettings) -> None:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(settings.level.upper())
+    # coredis logs every failed connection attempt as an error with a blank
+    # traceback; the cluster link says once what is wrong and when it is back.
+    logging.getLogger("coredis").setLevel(logging.CRITICAL)
     formatter = logging.Formatter(_FORMAT)
     console = logging.StreamHandler()
     console.setFormatter(formatter)

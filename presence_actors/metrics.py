@@ -68,6 +68,12 @@ _ENGINE_METRICS = {
     "actor_restarts": ("counter", "User actors restarted after a crash."),
     "persistence_pending": ("gauge", "Intents waiting to be committed."),
     "persistence_commit_failures": ("counter", "Failed commit attempts (retried)."),
+    # A node of a cluster (cluster.redis_url) only:
+    "cluster_connected": ("gauge", "1 while this node's link to Redis works."),
+    "cluster_published": ("counter", "Changes this node merged in Redis (its reports, cleanups)."),
+    "cluster_received": ("counter", "Changes of watched users received from other nodes."),
+    "cluster_watched": ("gauge", "Users this node follows the changes of (contacts fan-out)."),
+    "cluster_joins": ("counter", "Times this node joined the cluster (1 + rejoins after outages)."),
 }
 
 

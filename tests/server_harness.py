@@ -46,7 +46,11 @@ class RawClient:
 
     async def next(self) -> dict[str, Any]:
         with trio.fail_after(5):
-            message: dict[str, Any] = json.loads(await self.ws.get_message())
+            return await self.next_any()
+
+    async def next_any(self) -> dict[str, Any]:
+        """The next message, however long it takes (the caller bounds the wait)."""
+        message: dict[str, Any] = json.loads(await self.ws.get_message())
         self.received.append(message)
         return message
 

@@ -20,9 +20,8 @@ import trio.abc
 import trio.lowlevel
 
 from presence_actors import codec
-from presence_actors.actors import ListQuery, MemoryOutbox, StatsQuery
+from presence_actors.actors import ListQuery, StatsQuery
 from presence_actors.actors.messages import ReplaceContacts
-from presence_actors.actors.session import Outgoing
 from presence_actors.config import Settings
 from presence_actors.model import Status
 from presence_actors.persistence.intents import PresenceRow
@@ -175,21 +174,12 @@ def seed_users(settings: Settings, count: int) -> None:
         store.commit(batch)
 
 
-class EncodingOutbox(MemoryOutbox):
-    """Encodes replies when they are offered, as the direct WebSocket path does."""
-
-    def offer(self, item: Outgoing) -> bool:
-        if not isinstance(item, Push | PushBatch):
-            codec.encode_bytes(item)
-        return super().offer(item)
-
-
 async def test_a_bulk_answer_of_ten_thousand_users_is_made_in_short_turns(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, presence={"fanout": "everyone"})
     seed_users(settings, 10_000)
     async with running_engine(settings) as engine:
+        # A memory outbox encodes what it is offered, as the direct WebSocket path does.
         asker = FakeTransport(engine, "asker", "d")
-        asker.outbox = asker.handle.outbox = EncodingOutbox(1000)
         await attach_all(engine, [asker])
         with timing_steps() as clock:
             await asker.send(GetAllUsers(limit=10_000))

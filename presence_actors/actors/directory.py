@@ -77,6 +77,13 @@ class Directory:
         self._order.add(view)
         self.online += view.online
 
+    def remove(self, user_id: str) -> None:
+        old = self._views.pop(user_id, None)
+        self._public.pop(user_id, None)
+        if old is not None:
+            self._order.remove(old)
+            self.online -= old.online
+
     def views(self) -> Iterator[UserView]:
         return iter(self._views.values())
 

@@ -14,15 +14,17 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from ..config import Settings
 from ..model import Status, UserView
+from ..persistence.backlog import Loss
 from ..persistence.intents import Intent, PresenceEvent, PresenceRow
+from ..persistence.queries import EventRecord, open_reader
 from ..persistence.store import BatchResult, Store, StoredUser
-from ..persistence.writer import PersistenceActor, WritesLost
+from ..persistence.writer import PersistenceActor, WriterStatistics, WritesLost
 from ..protocol import ClientMessage, Heartbeat, HeartbeatAck, ProtocolError
 from .clock import WallClock
 from .directory import Directory
@@ -36,16 +38,80 @@ from .user_state import Rules
 log = logging.getLogger("presence_actors.engine")
 
 
+class EngineWriter(Protocol):
+    """Where intents go: the PersistenceActor (SQLite), or in a cluster the link's
+    writer (Redis). What the engine and the gateway use of either."""
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+    @property
+    def loss(self) -> Loss | None: ...
+
+    def statistics(self) -> WriterStatistics: ...
+
+    async def submit(self, intent: Intent) -> None: ...
+
+    def submit_nowait(self, intent: Intent) -> None: ...
+
+    def free_slots(self) -> int: ...
+
+    async def flush(self) -> None: ...
+
+    def stop_at(self, deadline: float) -> None: ...
+
+
+class HistoryReader(Protocol):
+    """Where the audit log is read: SQLite through a read-only connection, or Redis."""
+
+    async def history(
+        self, user_id: str, since_ms: int, until_ms: int | None, limit: int
+    ) -> list[EventRecord]: ...
+
+    async def recent_events(self, limit: int) -> list[EventRecord]: ...
+
+
+class SqliteHistory:
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    async def history(
+        self, user_id: str, since_ms: int, until_ms: int | None, limit: int
+    ) -> list[EventRecord]:
+        def read() -> list[EventRecord]:
+            with open_reader(self._path) as reader:
+                return reader.history(user_id, since_ms, until_ms, limit)
+
+        return await trio.to_thread.run_sync(read)
+
+    async def recent_events(self, limit: int) -> list[EventRecord]:
+        def read() -> list[EventRecord]:
+            with open_reader(self._path) as reader:
+                return reader.recent_events(limit)
+
+        return await trio.to_thread.run_sync(read)
+
+
 class Engine:
     """The handle transports use. Every method is safe to call from any task."""
 
     def __init__(
-        self, settings: Settings, clock: WallClock, registry: Registry, writer: PersistenceActor
+        self,
+        settings: Settings,
+        clock: WallClock,
+        registry: Registry,
+        writer: EngineWriter,
+        events: HistoryReader | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.registry = registry
         self.writer = writer
+        # The audit log (REST history, the operators' events): raises on failure.
+        self.events: HistoryReader = events or SqliteHistory(settings.persistence.path)
         self._shutdown_recorded = False
 
     async def attach(self, session: SessionHandle) -> None:
@@ -103,8 +169,8 @@ class Engine:
         Bounded by ``server.graceful_timeout`` and shielded. Only the first call
         records anything (the server and the engine's own exit both call it).
         """
-        if self._shutdown_recorded:
-            return
+        if self._shutdown_recorded or self.registry.cluster is not None:
+            return  # a node of a cluster leaves instead: see cluster_engine
         self._shutdown_recorded = True
         deadline = trio.current_time() + self.settings.server.graceful_timeout
         # One budget for the whole stop: the writer's own final flush ends then too.
@@ -147,6 +213,12 @@ async def open_engine(
     escalating past its restart intensity cancels the block and the error propagates.
     """
     clock = clock or WallClock.start()
+    if settings.cluster.redis_url:
+        from .cluster_engine import open_cluster_engine
+
+        async with open_cluster_engine(settings, clock) as engine:
+            yield engine
+        return
     store = await trio.to_thread.run_sync(Store.open, settings.persistence.path)
     writer: PersistenceActor | None = None
     try:

@@ -15,7 +15,9 @@ from typing import Any
 import trio
 from attrs import frozen
 
+from ..cluster.wire import MergedView
 from ..model import Status, UserView, Visibility
+from ..persistence.intents import Intent
 from ..protocol import ClientMessage
 from .session import SessionHandle
 from .user_state import Accepted, Ended, Publish
@@ -188,5 +190,64 @@ class Ask:
     reply: trio.MemorySendChannel[Any]
 
 
-ActorMessage = Attach | Detach | Request | Told | Seen | Tick
-RegistryMessage = Attach | Detach | Request | Accepted | Ended | Publish | Retiring | Ask | Command
+# --- the cluster (cluster.redis_url): from the node's link to Redis ----------------------
+
+
+@frozen
+class Merged:
+    """The user as the cluster shows it, after a node reported (this one: ``cause``
+    is the session whose request made the change) or from pub/sub."""
+
+    view: MergedView
+    cause: SessionHandle | None = None
+
+
+@frozen
+class Seeded:
+    """Current views read from Redis for users that came to be watched here (or all
+    of them after a rejoin); ``asked`` may name users Redis does not know."""
+
+    views: tuple[MergedView, ...]
+    asked: tuple[str, ...] = ()
+    # Every user Redis knows was read (everyone fan-out): the rest are not online.
+    complete: bool = False
+
+
+@frozen
+class PolicyChanged:
+    """A contact, block or visibility change made through another node."""
+
+    intent: Intent
+
+
+@frozen
+class Rejoined:
+    """The link is back after an outage; ``fresh``: Redis had lost its data."""
+
+    fresh: bool
+
+
+@frozen
+class SyncProfile:
+    """Registry -> actor: the cluster shows this username and status message."""
+
+    username: str | None
+    status_message: str | None
+
+
+ActorMessage = Attach | Detach | Request | Told | Seen | Tick | SyncProfile
+RegistryMessage = (
+    Attach
+    | Detach
+    | Request
+    | Accepted
+    | Ended
+    | Publish
+    | Retiring
+    | Ask
+    | Command
+    | Merged
+    | Seeded
+    | PolicyChanged
+    | Rejoined
+)

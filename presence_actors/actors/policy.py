@@ -71,6 +71,14 @@ class Policy:
         hidden = {u for u, v in self._visibility.items() if v is not Visibility.EVERYONE}
         return hidden | self._blocks.keys()
 
+    def snapshot(self) -> tuple[dict[str, Visibility], dict[str, set[str]], dict[str, set[str]]]:
+        """Copies of every chosen visibility, contact list and block list."""
+        return (
+            dict(self._visibility),
+            {user: set(others) for user, others in self._contacts.items()},
+            {user: set(blocked) for user, blocked in self._blocks.items()},
+        )
+
     def contact_list(self, user_id: str) -> set[str]:
         """The live set (read-only for callers) used by the contacts fan-out."""
         return self._contacts.get(user_id, _EMPTY)

@@ -13,6 +13,7 @@ not hold the event loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from ..codec import make_push
 from ..model import unknown_user
@@ -54,6 +55,9 @@ class PolicyChanges:
         self._writer = writer
         self._clock = clock
         self._push = push
+        # Told every user whose contacts a change touched (before, after): in a
+        # cluster the node then follows other users.
+        self.on_contacts: Callable[[str, set[str], set[str]], None] | None = None
 
     async def apply(self, command: AdminCommand, turn: Turn) -> None:
         """An admin change (contacts, visibility), applied like a user's own change.
@@ -94,6 +98,36 @@ class PolicyChanges:
                     turn,
                 )
 
+    async def replay(self, intent: Intent, turn: Turn) -> None:
+        """A change another node made and stored (cluster mode): applied and shown
+        here like a local one, without storing it again."""
+        policy = self._policy
+        affected: list[Affected]
+        change: Callable[[], None]
+        match intent:
+            case ContactsReplaced(user_id, contacts):
+                changed = policy.contacts(user_id) ^ contacts
+                affected = [(user_id, changed)] + [(c, (user_id,)) for c in changed]
+                change = partial(policy.replace_contacts, user_id, contacts)
+            case ContactAdded(user_id, contact_id):
+                affected = [(user_id, (contact_id,)), (contact_id, (user_id,))]
+                change = partial(policy.add_contact, user_id, contact_id)
+            case ContactRemoved(user_id, contact_id):
+                affected = [(user_id, (contact_id,)), (contact_id, (user_id,))]
+                change = partial(policy.remove_contact, user_id, contact_id)
+            case VisibilityRow(user_id, visibility):
+                affected = [(user_id, None)]
+                change = partial(policy.set_visibility, user_id, visibility)
+            case BlockAdded(user_id, blocked_id):
+                affected = [(user_id, (blocked_id,))]
+                change = partial(policy.block, user_id, blocked_id)
+            case BlockRemoved(user_id, blocked_id):
+                affected = [(user_id, (blocked_id,))]
+                change = partial(policy.unblock, user_id, blocked_id)
+            case _:
+                return
+        await self._change(affected, change, [], turn)
+
     async def block(self, user_id: str, blocked_id: str, turn: Turn) -> None:
         await self._change(
             [(user_id, (blocked_id,))],
@@ -124,7 +158,7 @@ class PolicyChanges:
         changes the policy or the watch index while it yields.
         """
         intents = list(intents)
-        if self._writer.free_slots() < len(intents):
+        if intents and self._writer.free_slots() < len(intents):
             problem = self._writer.problem or "it is busy"
             raise ProtocolError(
                 ErrorCode.STORE_ERROR, f"the change cannot be stored now ({problem}); try again"
@@ -132,7 +166,14 @@ class PolicyChanges:
         for intent in intents:
             self._writer.submit_nowait(intent)
         before = [await self._sight(target, users, turn) for target, users in affected]
+        touched = {target for target, _ in affected} if self.on_contacts else set()
+        contacts_before = {user: set(self._policy.contact_list(user)) for user in touched}
         change()
+        if self.on_contacts is not None:
+            for user in touched:
+                after = set(self._policy.contact_list(user))
+                if after != contacts_before[user]:
+                    self.on_contacts(user, contacts_before[user], after)
         stamp = self._clock.now_ms()
         may_see = self._policy.may_see
         for (target, users), could_see in zip(affected, before, strict=True):

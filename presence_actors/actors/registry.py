@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from attrs import define
@@ -35,6 +35,7 @@ from ..protocol import (
 )
 from .alarms import Alarms
 from .byte_budget import ByteBudget
+from .cluster_side import ClusterSide
 from .directory import Directory
 from .fanout import Fanout, FanoutStatistics
 from .messages import (
@@ -46,15 +47,24 @@ from .messages import (
     Command,
     Detach,
     EngineStats,
+    ListQuery,
+    LookupQuery,
+    Merged,
+    PolicyChanged,
+    PolicyQuery,
     Query,
     RegistryMessage,
+    Rejoined,
     Request,
     Retiring,
+    Seeded,
     StatsQuery,
+    ViewsQuery,
 )
 from .policy import Policy
 from .policy_changes import PolicyChanges
 from .queries import Queries
+from .remote_reads import RemoteReads
 from .requests import SessionRequests
 from .session import CLOSE_TRY_AGAIN_LATER, Outgoing, SessionHandle
 from .supervisor import RestartPolicy, supervise
@@ -62,6 +72,9 @@ from .turns import Turn
 from .user import UserActor, Writer
 from .user_state import Accepted, Ended, Publish, Rules, UserState, last_alive
 from .watch_index import WatchIndex
+
+if TYPE_CHECKING:
+    from ..cluster.link import ClusterLink
 
 log = logging.getLogger("presence_actors.registry")
 
@@ -107,6 +120,7 @@ class Registry:
         directory: Directory | None = None,
         policy: Policy | None = None,
         intake_size: int = 4096,
+        cluster: ClusterLink | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -141,6 +155,25 @@ class Registry:
         )
         self._nursery: trio.Nursery | None = None
         self.alarms = Alarms()
+        self.cluster: ClusterSide | None = None
+        self._remote: RemoteReads | None = None
+        if cluster is not None:
+            self.cluster = ClusterSide(
+                cluster,
+                self.directory,
+                self._fanout,
+                self.policy,
+                contacts_mode=self._index.contacts_mode,
+                now_ms=rules.clock.now_ms,
+                has_actor=self._actors.__contains__,
+                tell=self._tell,
+                actor_profile=self._actor_profile,
+            )
+            self._requests.cluster = self.cluster
+            if self.cluster.contacts_mode:
+                self._remote = RemoteReads(cluster, self.queries)
+                self._requests.remote = self._remote
+            self._policy_changes.on_contacts = self.cluster.contacts_changed
 
     # --- the mailbox ---------------------------------------------------------------
 
@@ -186,6 +219,7 @@ class Registry:
         turn = self._turn
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._requests.spawn = nursery.start_soon
             await nursery.start(self.alarms.run)
             task_status.started()
             while True:
@@ -231,6 +265,8 @@ class Registry:
     async def _handle(self, message: RegistryMessage) -> None:
         match message:
             case Publish(view, public, push_own, push_public, cause):
+                if self.cluster is not None and not self.cluster.report(message):
+                    return  # shown once merged with the other nodes' shares (Merged)
                 self.directory.put(view, public)
                 if push_own or push_public:
                     stamp = self.rules.clock.now_ms()
@@ -245,17 +281,29 @@ class Registry:
                 else:
                     self._on_accepted(session)  # an observer: no actor, no presence
             case Detach(session):
-                self._index.remove(session)
+                self._unindex(session)
                 if session.present and session.user_id in self._actors:
                     self._tell(session.user_id, message)
             case Accepted(session):
                 self._on_accepted(session)
             case Ended(session):
-                self._index.remove(session)
+                self._unindex(session)
+            case Merged(view, cause) if self.cluster is not None:
+                self.cluster.merged(view, cause)
+            case Seeded(views, asked, complete) if self.cluster is not None:
+                self.cluster.seeded(views, asked, complete=complete)
+            case PolicyChanged(intent):
+                await self._policy_changes.replay(intent, self._turn)
+            case Rejoined(fresh) if self.cluster is not None:
+                self.cluster.rejoined(fresh)
             case Retiring(user_id, processed):
                 self._on_retiring(user_id, processed)
             case Ask(query, reply):
-                reply.send_nowait(await self._answer_query(query))
+                if self._remote is not None and not isinstance(query, PolicyQuery):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._answer_remotely, query, reply)
+                else:
+                    reply.send_nowait(await self._answer_query(query))
             case Command(command, reply):
                 try:
                     await self._policy_changes.apply(command, self._turn)
@@ -313,7 +361,9 @@ class Registry:
     # --- sessions ------------------------------------------------------------------
 
     def _on_accepted(self, session: SessionHandle) -> None:
-        self._index.add(session)
+        cluster = self.cluster
+        gated = cluster is not None and cluster.contacts_mode
+        self._index.add(session, gated=gated)
         ref = self._actors.get(session.user_id) if session.present else None
         if ref is not None:
             session.actor = ref.inbox
@@ -329,13 +379,41 @@ class Registry:
                 heartbeat_timeout=self.rules.heartbeat_timeout,
             ),
         )
-        if self._index.contacts_mode:
-            contacts = sorted(self.policy.contact_list(session.user_id))
-            state = PresenceState(
-                timestamp=self.rules.clock.now_ms(),
-                users=tuple(self.queries.view_for(session.user_id, c) for c in contacts),
-            )
-            self._deliver(session, state)
+        if cluster is not None and gated:
+            # The contacts' views come from Redis: presence_state once they are here,
+            # and no push before it (the session is gated until then).
+            cluster.session_added(session)
+            contacts = set(self.policy.contact_list(session.user_id))
+            cluster.when_seeded(contacts, partial(self._show_contacts, session))
+        elif self._index.contacts_mode:
+            self._show_contacts(session)
+
+    def _show_contacts(self, session: SessionHandle) -> None:
+        """``presence_state`` with the user's contacts, then pushes (contacts fan-out)."""
+        if session not in self._index:
+            return  # it left while the views were read
+        contacts = sorted(self.policy.contact_list(session.user_id))
+        state = PresenceState(
+            timestamp=self.rules.clock.now_ms(),
+            users=tuple(self.queries.view_for(session.user_id, c) for c in contacts),
+        )
+        self._deliver(session, state)
+        self._index.ungate(session)
+
+    def _unindex(self, session: SessionHandle) -> None:
+        if session not in self._index:
+            return
+        subscriptions = list(self._index.watch_of(session).subscriptions)
+        self._index.remove(session)
+        if self.cluster is not None:
+            self.cluster.session_removed(session, subscriptions)
+
+    def _actor_profile(self, user_id: str) -> tuple[str | None, str | None] | None:
+        """The username and status message a local actor holds (None: no actor here)."""
+        ref = self._actors.get(user_id)
+        if ref is None:
+            return None
+        return ref.actor.state.username, ref.actor.state.status_message
 
     def _deliver_push(self, watcher: SessionHandle, item: Outgoing) -> None:
         if watcher.closing:
@@ -360,11 +438,44 @@ class Registry:
     def _drop_lost(self) -> None:
         lost, self._lost = self._lost, []
         for session in lost:
-            self._index.remove(session)
+            self._unindex(session)
             if session.present:
                 self._tell(session.user_id, Detach(session))
 
     # --- read-only answers -------------------------------------------------------------
+
+    async def _answer_remotely(self, query: Query, reply: trio.MemorySendChannel[Any]) -> None:
+        """An Ask in a cluster in contacts fan-out: read Redis in a task of its own."""
+        remote = self._remote
+        assert remote is not None
+        answer: Any
+        try:
+            match query:
+                case ViewsQuery(watcher, user_ids):
+                    answer = await remote.views(watcher, list(user_ids))
+                case LookupQuery(watcher, user_id):
+                    answer = await remote.lookup(watcher, user_id)
+                case ListQuery():
+                    answer = await remote.page(query)
+                case StatsQuery(watcher, count_visible):
+                    local = self.answer(StatsQuery())
+                    answer = EngineStats(
+                        online_users=await remote.online_count(None)
+                        if not count_visible
+                        else local.online_users,
+                        sessions=local.sessions,
+                        known_users=await remote.known_count(),
+                        actors=local.actors,
+                        pushes=local.pushes,
+                        visible_online=await remote.online_count(watcher)
+                        if count_visible
+                        else None,
+                    )
+                case _:
+                    answer = await self._answer_query(query)
+        except ProtocolError as exc:
+            answer = exc
+        reply.send_nowait(answer)
 
     async def _answer_query(self, query: Query) -> Any:
         """Answer an Ask from HTTP or gRPC; a refusal is returned as its ProtocolError."""
@@ -387,6 +498,11 @@ class Registry:
                 self.queries.online_count(query.watcher) if query.count_visible else None
             ),
         )
+
+    def local_states(self) -> list[tuple[str, UserState]]:
+        """Each local actor's user and committed state (a synchronous read, for the
+        cluster link: heartbeat stamps, reports after a rejoin)."""
+        return [(user_id, ref.actor.state) for user_id, ref in self._actors.items()]
 
     def final_offline(self, now_ms: int) -> Iterator[Intent]:
         """Intents that record every user shown online as offline (clean shutdown).

@@ -46,9 +46,11 @@ from ..protocol import (
     UserStatus,
 )
 from .clock import WallClock
+from .cluster_side import ClusterSide
 from .messages import ActorMessage, ListQuery, Request, Seen, SetVisibility
 from .policy_changes import PolicyChanges
 from .queries import Queries
+from .remote_reads import RemoteReads
 from .session import Outgoing, SessionHandle
 from .turns import Turn
 from .watch_index import WatchIndex
@@ -56,6 +58,8 @@ from .watch_index import WatchIndex
 # Requests the user's own actor answers; everything else the registry answers.
 USER_REQUESTS = (SetStatus, Identify, Heartbeat, Activity, Logout)
 _POLICY_REQUESTS = (SetPrivacy, Block, Unblock)
+# What a node of a cluster in contacts fan-out answers from Redis (remote_reads).
+_REMOTE_READS = (GetOnlineCount, CheckUserStatus, GetAllUsers, GetPresence)
 # How often at most a session's queries tell its actor that it is active.
 SEEN_INTERVAL = 1.0
 
@@ -83,6 +87,11 @@ class SessionRequests:
         self._tell = tell
         self._deliver = deliver
         self._turn = turn
+        # In a cluster (set by the registry): who this node watches; in contacts
+        # fan-out, reads of users it does not watch, run in tasks of their own.
+        self.cluster: ClusterSide | None = None
+        self.remote: RemoteReads | None = None
+        self.spawn: Callable[..., object] | None = None
 
     async def handle(self, request: Request) -> None:
         """Answer ``request``, or pass it to the user's actor (requests about the user
@@ -122,6 +131,10 @@ class SessionRequests:
                     if not session.present
                     else "userId must be your own user",
                 )
+            if self.remote is not None and isinstance(message, _REMOTE_READS):
+                assert self.spawn is not None
+                self.spawn(self._answer_remotely, session, message)
+                return
             reply = await self._answer(session, message)
         except ProtocolError as exc:
             reply = Error(
@@ -130,10 +143,43 @@ class SessionRequests:
                 code=exc.code,
                 message=exc.message,
             )
-        if session in self._index:  # it may have gone while the answer was being made
+        if reply is not None and session in self._index:  # it may have gone meanwhile
             self._deliver(session, reply)
 
-    async def _answer(self, session: SessionHandle, message: ClientMessage) -> ServerMessage:
+    async def _answer_remotely(self, session: SessionHandle, message: ClientMessage) -> None:
+        """A read that needs Redis (see remote_reads), in a task of its own."""
+        me, rid = session.user_id, message.request_id
+        remote = self.remote
+        assert remote is not None
+        reply: ServerMessage
+        try:
+            match message:
+                case GetOnlineCount():
+                    count = await remote.online_count(me)
+                    reply = OnlineCount(timestamp=self._now(), request_id=rid, count=count)
+                case CheckUserStatus(target_user_id=target):
+                    [view] = await remote.views(me, [target])
+                    reply = UserStatus(timestamp=self._now(), request_id=rid, view=view)
+                case GetAllUsers(status=status, limit=limit, cursor=cursor):
+                    page = await remote.page(ListQuery(me, status, limit, cursor))
+                    reply = AllUsers(
+                        timestamp=self._now(),
+                        request_id=rid,
+                        users=page.users,
+                        next_cursor=page.next_cursor,
+                    )
+                case GetPresence(user_ids=user_ids):
+                    self._check_ids(user_ids)
+                    views = tuple(await remote.views(me, list(user_ids)))
+                    reply = Presence(timestamp=self._now(), request_id=rid, users=views)
+                case _:
+                    raise AssertionError(message)
+        except ProtocolError as exc:
+            reply = Error(timestamp=self._now(), request_id=rid, code=exc.code, message=exc.message)
+        if session in self._index:
+            self._deliver(session, reply)
+
+    async def _answer(self, session: SessionHandle, message: ClientMessage) -> ServerMessage | None:
         me = session.user_id
         rid = message.request_id
         queries, turn = self._queries, self._turn
@@ -164,14 +210,27 @@ class SessionRequests:
                 return reply
             case Subscribe(user_ids=user_ids):
                 self._check_ids(user_ids)
+                wanted = list(dict.fromkeys(user_ids))
+                before = set(self._index.watch_of(session).subscriptions)
                 self._index.subscribe(session, user_ids, self._limits.max_subscriptions)
-                listed = await queries.views_for(me, list(dict.fromkeys(user_ids)), turn)
+                cluster = self.cluster
+                if cluster is not None and cluster.contacts_mode:
+                    cluster.watch(set(wanted) - before)
+                    # The state once the newly watched users' views are here.
+                    cluster.when_seeded(
+                        set(wanted), lambda: self._deliver_state(session, wanted, rid)
+                    )
+                    return None
+                listed = await queries.views_for(me, wanted, turn)
                 reply = PresenceState(timestamp=self._now(), request_id=rid, users=listed.views)
                 prepare_bulk(reply, listed.fragments)
                 return reply
             case Unsubscribe(user_ids=user_ids):
                 self._check_ids(user_ids)
+                before = set(self._index.watch_of(session).subscriptions)
                 self._index.unsubscribe(session, user_ids)
+                if self.cluster is not None:
+                    self.cluster.unwatch(before & set(user_ids))
                 return Unsubscribed(timestamp=self._now(), request_id=rid, user_ids=user_ids)
             case SetPrivacy(visibility=visibility):
                 await self._policy_changes.apply(SetVisibility(me, visibility), turn)
@@ -183,6 +242,13 @@ class SessionRequests:
                 await self._policy_changes.unblock(me, target, turn)
                 return Unblocked(timestamp=self._now(), request_id=rid, target_user_id=target)
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unhandled message type {message.TYPE!r}")
+
+    def _deliver_state(self, session: SessionHandle, user_ids: list[str], rid: str | None) -> None:
+        if session in self._index:
+            views = tuple(self._queries.view_for(session.user_id, u) for u in user_ids)
+            self._deliver(
+                session, PresenceState(timestamp=self._now(), request_id=rid, users=views)
+            )
 
     def _now(self) -> int:
         return self._clock.now_ms()

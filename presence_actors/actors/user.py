@@ -29,6 +29,7 @@ from .messages import (
     Request,
     Retiring,
     Seen,
+    SyncProfile,
     Tick,
     Told,
 )
@@ -144,6 +145,8 @@ class UserActor:
                     outcome = rules_.detach(state, session, now, rules)
                 case Seen(session):
                     outcome = rules_.seen(state, session, now, rules)
+                case SyncProfile(username, status_message):
+                    outcome = rules_.sync_profile(state, username, status_message)
                 case Request(session, body) | Told(session, body):
                     outcome = rules_.request(state, session, body, now, rules)
         except Exception:

@@ -214,13 +214,20 @@ class Ended:
 class Publish:
     """Tell the registry the user's new view (``public``: what others see of it, the
     same object when nothing is hidden); the pushes go to the user's own sessions
-    (``push_own``) and to the other watchers (``push_public``)."""
+    (``push_own``) and to the other watchers (``push_public``).
+
+    In a cluster the view is this node's share of the user: ``alive`` (when a
+    visible session was last heard from) and ``profile_changed`` (a request here
+    changed the username or status message) go into the node's report.
+    """
 
     view: UserView
     public: UserView
     push_own: bool
     push_public: bool
     cause: SessionHandle | None
+    alive: int | None = None
+    profile_changed: bool = False
 
 
 @frozen
@@ -409,6 +416,22 @@ def request(
         case _:  # Activity, and anything else that only shows the session is in use
             _touch(state, session, now, rules, active=True)
             return _finish(state, [], now, rules, cause=handle, reason="active")
+
+
+def sync_profile(state: UserState, username: str | None, status_message: str | None) -> Outcome:
+    """The cluster shows another username or status message (set on another node):
+    take it without publishing anything (it is what everyone already sees)."""
+    if (state.username, state.status_message) == (username, status_message):
+        return state, []
+    state = state.copy()
+    state.username, state.status_message = username, status_message
+    if state.shown is not None:
+        shown = state.shown
+        state.shown = UserView(
+            shown.user_id, shown.status, username, status_message, shown.last_seen, shown.devices
+        )
+        state.pushed = state.shown.pushed_part()
+    return state, []
 
 
 def expire(state: UserState, now: float, rules: Rules) -> Outcome:
@@ -608,8 +631,14 @@ def _finish(
             state.push_due = recent[0] + PUSH_WINDOW
             state.push_cause = cause
     if changed or push_own or push_public:
+        profile_changed = before is not None and (view.username, view.status_message) != (
+            before.username,
+            before.status_message,
+        )
         state.shown = view
-        effects.append(Publish(view, public, push_own, push_public, cause))
+        effects.append(
+            Publish(view, public, push_own, push_public, cause, state.seen_alive, profile_changed)
+        )
     return state, effects
 
 

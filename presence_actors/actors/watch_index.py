@@ -22,6 +22,9 @@ class Watch:
 
     subscriptions: set[str] = field(factory=set)
     seen_at: float = -math.inf  # when its actor was last told it is active
+    # Live (its requests are answered) but not yet pushed: it waits for the state
+    # it must be shown first (presence_state, in a cluster read from Redis).
+    gated: bool = False
 
 
 class WatchIndex:
@@ -51,8 +54,19 @@ class WatchIndex:
     def watch_of(self, session: SessionHandle) -> Watch:
         return self._sessions[session]
 
-    def add(self, session: SessionHandle) -> None:
-        self._sessions[session] = Watch()
+    def add(self, session: SessionHandle, *, gated: bool = False) -> None:
+        """A live session; ``gated``: nothing is pushed to it before :meth:`ungate`."""
+        self._sessions[session] = Watch(gated=gated)
+        if not gated:
+            self._follow(session)
+
+    def ungate(self, session: SessionHandle) -> None:
+        watch = self._sessions.get(session)
+        if watch is not None and watch.gated:
+            watch.gated = False
+            self._follow(session)
+
+    def _follow(self, session: SessionHandle) -> None:
         self._by_user.setdefault(session.user_id, []).append(session)
         if session.watches is Watches.MODE:
             self._by_mode[session] = None
@@ -64,7 +78,7 @@ class WatchIndex:
             return False
         self._by_mode.pop(session, None)
         mine = self._by_user.get(session.user_id)
-        if mine is not None:
+        if mine is not None and not watch.gated:
             mine.remove(session)
             if not mine:
                 del self._by_user[session.user_id]

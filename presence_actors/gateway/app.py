@@ -149,4 +149,18 @@ class PresenceApp:
             "actor_restarts": registry.stats.actor_restarts,
             "persistence_pending": writer_stats.pending_intents,
             "persistence_commit_failures": writer_stats.commit_failures,
+            **self._cluster_values(),
+        }
+
+    def _cluster_values(self) -> dict[str, float]:
+        cluster = self.engine.registry.cluster
+        if cluster is None:
+            return {}
+        link = cluster.link
+        return {
+            "cluster_connected": float(link.connected),
+            "cluster_published": link.merger.merges,
+            "cluster_received": link.subscriber.received,
+            "cluster_watched": link.subscriber.interest,
+            "cluster_joins": link.joins,
         }

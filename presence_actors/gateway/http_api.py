@@ -35,7 +35,7 @@ from ..model import (
     format_timestamp,
     public_reason,
 )
-from ..persistence.store import EventRecord, open_reader
+from ..persistence.store import EventRecord
 from ..persistence.writer import WriterNotRunning
 from ..protocol import ErrorCode, ProtocolError
 from .asgi import (
@@ -213,18 +213,7 @@ class HttpApi:
         limit = integer_param(query, "limit", _MAX_HISTORY, most=_MAX_HISTORY)
         caller = self.caller(scope).user_id
         await self._known(caller, user_id)
-        path = self.settings.persistence.path
-
-        def read() -> list[Any]:
-            with open_reader(path) as reader:
-                return reader.history(user_id, since, until, limit)
-
-        try:
-            events = await trio.to_thread.run_sync(read)
-        except Exception as exc:
-            raise HttpError(
-                503, ErrorCode.STORE_ERROR, f"the store could not be read: {exc}"
-            ) from exc
+        events = await self._read_store(self.engine.events.history(user_id, since, until, limit))
         return 200, {
             "success": True,
             "userId": user_id,
@@ -335,18 +324,12 @@ class HttpApi:
         """The latest presence transitions of all users (operators only)."""
         self.auth.admin(headers_of(scope))
         limit = integer_param(query_of(scope), "limit", 50, most=_MAX_HISTORY)
-        path = self.settings.persistence.path
-
-        def read() -> list[Any]:
-            with open_reader(path) as reader:
-                return reader.recent_events(limit)
-
-        events = await self._read_store(read)
+        events = await self._read_store(self.engine.events.recent_events(limit))
         return 200, {"success": True, "events": [_event(e) for e in events]}
 
-    async def _read_store(self, read: Callable[[], list[Any]]) -> list[Any]:
+    async def _read_store(self, read: Awaitable[list[EventRecord]]) -> list[EventRecord]:
         try:
-            return await trio.to_thread.run_sync(read)
+            return await read
         except Exception as exc:
             raise HttpError(
                 503, ErrorCode.STORE_ERROR, f"the store could not be read: {exc}"

@@ -16,10 +16,10 @@ from attrs import frozen
 from hypercorn.config import Config as HypercornConfig
 
 from ..actors import Engine, open_engine
+from ..actors.engine import EngineWriter
 from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
-from ..persistence import PersistenceActor
 from .admission import connection_cap
 from .app import PresenceApp
 from .listener import PortServer
@@ -176,7 +176,7 @@ _WATCHDOG_MARGIN = 5.0
 EXIT_WRITES_LOST = 1
 
 
-def _start_watchdog(seconds: float, writer: PersistenceActor) -> None:
+def _start_watchdog(seconds: float, writer: EngineWriter) -> None:
     """End the process after ``seconds``, with a status and a line that say what it lost.
 
     Runs in a thread: it reads only ``writer.loss``, which the writer sets once,

@@ -1,0 +1,266 @@
+"""Reports to Redis in batches: one pipeline of merges per tick, then the read model.
+
+The registry hands over each user's latest report without waiting
+(:meth:`Publisher.report`); the publisher task takes what is pending, runs
+merge.lua for each user in one pipeline (one round trip for the lot, however
+many users changed), hands every merged view back to the node, then updates
+what reads use (the list order, the stored views, the audit stream, which
+users this node holds) in a second pipeline. A user's reports coalesce while
+a batch is on its way: only the latest goes next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import trio
+from attrs import define, evolve, frozen
+from coredis.tokens import PureToken
+
+from . import keys
+from .wire import MergedView, Report, decode_merged, order_score
+
+log = logging.getLogger("presence_actors.cluster")
+
+# Merges per pipeline: a round trip for hundreds of users, and a bounded reply.
+BATCH = 256
+# Events kept per user (a user's history) and in the operators' audit stream.
+EVENTS_PER_USER = 1000
+AUDIT_EVENTS = 10_000
+
+
+class Fenced(Exception):
+    """Redis refused this node's writes: other nodes took it for dead (its epoch is
+    fenced). The node must join again under a new epoch."""
+
+
+@define
+class _Event:
+    reason: str
+    device: str
+
+
+@frozen
+class Merge:
+    """One node entry to merge into one user (merge.lua's arguments)."""
+
+    user_id: str
+    node: str
+    epoch: int
+    entry: bytes | str  # b"" withdraws it, "*hold" keeps it without devices
+    profile: bytes = b""
+    reason: str = ""
+    device: str = ""
+    fence: bool = False  # the node is dead: refuse its writes from now on
+
+
+class Merger:
+    """Runs merges in pipelines and keeps the read model in step (both the node's
+    own reports and the cleanup after a dead node go through here)."""
+
+    def __init__(self, contacts_mode: bool, cluster: bool, now_ms: Callable[[], int]) -> None:
+        self._contacts_mode = contacts_mode
+        # Per-user channels are sharded in a Redis Cluster (the user's slot); the
+        # everyone channel is broadcast to every node of it.
+        self._publish = ("SPUBLISH" if cluster else "PUBLISH") if contacts_mode else "PUBLISH"
+        self._now_ms = now_ms
+        self.merges = 0  # run in Redis (metrics)
+
+    async def run(
+        self,
+        client: Any,
+        script: Any,
+        merges: list[Merge],
+        first: Callable[[Any], None] | None = None,
+    ) -> list[MergedView | None]:
+        """Merge each (None where the node was fenced); one round trip for the merges
+        (after what ``first`` puts in the same pipeline) and one for the read model."""
+        now = self._now_ms()
+        replies = []
+        async with client.pipeline(transaction=False) as pipe:
+            if first is not None:
+                first(pipe)
+            for merge in merges:
+                replies.append(
+                    script(keys=_keys(merge.user_id), args=self._args(merge, now), client=pipe)
+                )
+        views: list[MergedView | None] = []
+        for merge, reply in zip(merges, replies, strict=True):
+            raw = await reply
+            views.append(None if raw is None else decode_merged(raw, merge.user_id))
+        self.merges += len(merges)
+        async with client.pipeline(transaction=False) as pipe:
+            for merge, view in zip(merges, views, strict=True):
+                if view is None or not view.version:
+                    continue
+                pipe.zadd(keys.ORDER, {merge.user_id: order_score(view.view)})
+                pipe.hset(keys.VIEWS, {merge.user_id: stored(view)})
+                if view.status_changed:
+                    pipe.xadd(
+                        keys.AUDIT,
+                        {
+                            "u": merge.user_id,
+                            "s": view.view.status.value,
+                            "r": merge.reason,
+                            "d": merge.device,
+                            "t": str(now),
+                        },
+                        trim_strategy=PureToken.MAXLEN,
+                        threshold=AUDIT_EVENTS,
+                        trim_operator=PureToken.APPROXIMATELY,
+                    )
+        return views
+
+    def _args(self, merge: Merge, now: int) -> list[Any]:
+        channel = keys.channel(merge.user_id) if self._contacts_mode else keys.EVERYONE
+        return [
+            merge.user_id,
+            merge.node,
+            merge.epoch,
+            merge.entry,
+            merge.profile,
+            now,
+            merge.reason,
+            merge.device,
+            self._publish,
+            channel,
+            EVENTS_PER_USER,
+            "1" if merge.fence else "0",
+        ]
+
+
+def _keys(user_id: str) -> list[str]:
+    return [keys.entries(user_id), keys.merged(user_id), keys.events(user_id)]
+
+
+class Publisher:
+    def __init__(
+        self,
+        node: str,
+        merger: Merger,
+        on_merged: Callable[[MergedView, object], Awaitable[None]],
+    ) -> None:
+        self._node = node
+        self._merger = merger
+        self._on_merged = on_merged
+        self._pending: dict[str, Report] = {}
+        self._events: dict[str, _Event] = {}
+        self._held: set[str] = set()  # users this node holds an entry for in Redis
+        self._profiles_in_flight: set[str] = set()
+        self._wake = trio.Event()
+        self.epoch = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def report(self, report: Report) -> None:
+        """Queue the user's latest report; an older one still waiting is replaced.
+        Never waits. Bounded by the users this node holds sessions of."""
+        waiting = self._pending.get(report.user_id)
+        if report.profile is None and waiting is not None and waiting.profile is not None:
+            # The later report replaces the earlier, but not the profile it carried.
+            report = evolve(report, profile=waiting.profile)
+        self._pending[report.user_id] = report
+        self._wake.set()
+
+    def changing_profile(self, user_id: str) -> bool:
+        """A username or status message set here is on its way to Redis: what Redis
+        shows of the user's profile until then is older."""
+        waiting = self._pending.get(user_id)
+        return (waiting is not None and waiting.profile is not None) or (
+            user_id in self._profiles_in_flight
+        )
+
+    def note_event(self, user_id: str, reason: str, device: str | None) -> None:
+        """Why the user's status is changing (the audit log), for its next report."""
+        self._events[user_id] = _Event(reason, device or "")
+
+    def forget_held(self) -> None:
+        """Redis lost what this node held: every user is new to it again."""
+        self._held = set()
+
+    async def run(self, client: Any, script: Any) -> None:
+        """Publish until cancelled or Redis fails (the exception propagates; what was
+        taken is put back unless a newer report replaced it). Raises Fenced when the
+        other nodes took this one for dead."""
+        while True:
+            if not self._pending:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            users = list(self._pending)[:BATCH]
+            batch = [self._pending.pop(user) for user in users]
+            self._profiles_in_flight = {r.user_id for r in batch if r.profile is not None}
+            try:
+                await self._publish_batch(client, script, batch)
+            except BaseException:
+                for report in batch:
+                    newer = self._pending.get(report.user_id)
+                    if newer is None:
+                        self._pending[report.user_id] = report
+                    elif newer.profile is None and report.profile is not None:
+                        self._pending[report.user_id] = evolve(newer, profile=report.profile)
+                raise
+            finally:
+                self._profiles_in_flight = set()
+
+    async def _publish_batch(self, client: Any, script: Any, batch: list[Report]) -> None:
+        merges = []
+        for report in batch:
+            event = self._events.get(report.user_id) or _Event("", "")
+            profile = b""
+            if report.profile is not None:
+                profile = orjson.dumps([*report.profile, *(report.face or report.profile)])
+            merges.append(
+                Merge(
+                    report.user_id,
+                    self._node,
+                    self.epoch,
+                    report.entry(self.epoch),
+                    profile,
+                    event.reason,
+                    event.device,
+                )
+            )
+        # A user this node starts to hold an entry for is recorded in the same round
+        # trip as the entry: if the node dies, whoever cleans up after it finds it.
+        holding = [r.user_id for r in batch if not r.withdrawn and r.user_id not in self._held]
+        node_users = keys.node_users(self._node, self.epoch)
+
+        def record(pipe: Any) -> None:
+            if holding:
+                pipe.sadd(node_users, holding)
+
+        views = await self._merger.run(client, script, merges, record)
+        if any(view is None for view in views):
+            raise Fenced(f"node {self._node} at epoch {self.epoch} was taken for dead")
+        self._held.update(holding)
+        released = [r.user_id for r in batch if r.withdrawn and r.user_id in self._held]
+        if released:
+            self._held.difference_update(released)
+            await client.srem(node_users, released)
+        for report, view in zip(batch, views, strict=True):
+            self._events.pop(report.user_id, None)
+            assert view is not None
+            await self._on_merged(view, report.cause)
+
+
+def stored(view: MergedView) -> bytes:
+    """A merged view as the read model keeps it (what ``decode_merged`` reads back)."""
+    full, public = view.view, view.public
+    return orjson.dumps(
+        {
+            "s": full.status.value,
+            "u": full.username,
+            "m": full.status_message,
+            "su": public.username,
+            "sm": public.status_message,
+            "ls": full.last_seen,
+            "d": [[d.device_id, d.device_type.value, d.status.value] for d in full.devices],
+            "ver": view.version,
+        }
+    )
