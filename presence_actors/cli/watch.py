@@ -42,7 +42,8 @@ _STATUS = {
     pb.UserStatus.AWAY: Status.AWAY,
     pb.UserStatus.OFFLINE: Status.OFFLINE,
 }
-# Refusals that the same request would meet again: no point retrying.
+# Refusals that the same request would meet again: no point retrying. (Also an
+# event over MAX_EVENT_BYTES, RESOURCE_EXHAUSTED here: not a presence server.)
 _FINAL = frozenset(
     {
         Code.INVALID_ARGUMENT,
@@ -50,6 +51,7 @@ _FINAL = frozenset(
         Code.PERMISSION_DENIED,
         Code.NOT_FOUND,
         Code.UNIMPLEMENTED,
+        Code.RESOURCE_EXHAUSTED,
     }
 )
 
@@ -115,7 +117,7 @@ class Watch:
                     self._show(event)
                 problem = "the server ended the stream"
             except ConnectError as exc:
-                if exc.code in _FINAL:
+                if exc.code in _FINAL or (not connected_once and exc.code != Code.UNAVAILABLE):
                     raise CliError(f"{self.base} refused to stream: {_brief(exc)}") from None
                 if not connected_once:
                     raise CliError(
