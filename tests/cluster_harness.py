@@ -110,3 +110,15 @@ async def until_pushed(
                 and message["status"] == status
             ):
                 return message
+
+
+async def until_all_pushed(
+    client: RawClient, user_ids: list[str], status: str, seconds: float = 10.0
+) -> None:
+    """Until each of ``user_ids`` was pushed in ``status`` (in any order)."""
+    waiting = set(user_ids)
+    with trio.fail_after(seconds):
+        while waiting:
+            message = await client.next_any()
+            if message["type"] == "user_status_change" and message["status"] == status:
+                waiting.discard(message["userId"])

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import pytest
 import trio
 import trio.testing
+from grpc_tools import protoc
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -40,3 +46,24 @@ def autojump_clock(
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_holding_clock)
     return autojump_clock
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """grpcio's messages (``pb``) and stub (``rpc``), generated from proto/ for this session."""
+    out = tmp_path_factory.mktemp("grpc_stubs")
+    args = [
+        "grpc_tools.protoc",
+        f"-I{ROOT / 'proto'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "presence/v1/presence.proto",
+    ]
+    assert protoc.main(args) == 0
+    sys.path.insert(0, str(out))
+    try:
+        pb = importlib.import_module("presence.v1.presence_pb2")
+        rpc = importlib.import_module("presence.v1.presence_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+    return SimpleNamespace(pb=pb, rpc=rpc)

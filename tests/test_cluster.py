@@ -8,6 +8,7 @@ engine under MockClock, these tests check they hold across nodes.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ from .cluster_harness import (
 )
 from .process_harness import ws_client
 from .redis_harness import REDIS_SERVER, open_redis
+from .test_grpc import grpc_client
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -182,3 +184,28 @@ async def test_invisible_on_one_node_is_offline_on_the_other(tmp_path: Path) -> 
         presence = await watcher.request({"type": "get_presence", "userIds": ["ghost"]}, "presence")
         [seen] = presence["users"]
         assert (seen["status"], seen["username"], seen["devices"]) == ("offline", "Ghost", [])
+
+
+async def test_grpc_on_one_node_streams_changes_made_on_the_other(
+    tmp_path: Path, stubs: SimpleNamespace
+) -> None:
+    pb = stubs.pb
+    async with (
+        open_redis(tmp_path / "redis") as redis,
+        open_nodes(tmp_path, redis.url, presence={"fanout": "contacts"}) as (a, b),
+        grpc_client(f"127.0.0.1:{a.port}", stubs) as on_a,
+        grpc_client(f"127.0.0.1:{b.port}", stubs) as on_b,
+    ):
+        await on_a.call("SetUserStatus", user_id="alice", status=pb.AWAY, status_message="brb")
+        async with on_b.stream(user_id="bob", watch_user_ids=["alice", "carol"]) as stream:
+            first = await stream.take(2)
+            assert first == [("alice", "AWAY"), ("carol", "OFFLINE")]
+            await on_a.call("SetUserStatus", user_id="alice", status=pb.BUSY)
+            assert await stream.take(1) == [("alice", "BUSY")]
+            async with ws_client(a, "carol"):
+                assert await stream.take(1) == [("carol", "ONLINE")]
+        seen = await on_b.call("GetMultipleUserStatus", user_ids=["alice", "nobody"])
+        assert [(u.user_id, pb.UserStatus.Name(u.status)) for u in seen.data] == [
+            ("alice", "BUSY"),
+            ("nobody", "OFFLINE"),
+        ]

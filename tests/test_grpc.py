@@ -10,7 +10,6 @@ blocks. gRPC runs in real time here: waits are short and bounded.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import struct
 import subprocess
@@ -29,7 +28,6 @@ import grpc
 import jwt
 import pytest
 import trio
-from grpc_tools import protoc
 
 from presence_actors.actors import StatsQuery
 from presence_actors.gateway.grpc_api import GRPC_CODES
@@ -49,27 +47,6 @@ Metadata = Sequence[tuple[str, str]]
 
 
 # --- clients -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def stubs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """grpcio's messages (``pb``) and stub (``rpc``), generated from proto/ for this session."""
-    out = tmp_path_factory.mktemp("grpc_stubs")
-    args = [
-        "grpc_tools.protoc",
-        f"-I{ROOT / 'proto'}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        "presence/v1/presence.proto",
-    ]
-    assert protoc.main(args) == 0
-    sys.path.insert(0, str(out))
-    try:
-        pb = importlib.import_module("presence.v1.presence_pb2")
-        rpc = importlib.import_module("presence.v1.presence_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-    return SimpleNamespace(pb=pb, rpc=rpc)
 
 
 class Client:

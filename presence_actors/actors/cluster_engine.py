@@ -69,7 +69,7 @@ class RegistryReceiver:
             if alive is not None and state.sessions:
                 yield user_id, alive
 
-    def local_reports(self) -> list[Report]:
+    def local_reports(self, with_profile: bool) -> list[Report]:
         registry = self._registry
         cluster = registry.cluster
         assert cluster is not None
@@ -78,7 +78,7 @@ class RegistryReceiver:
             for _, state in registry.local_states()
             if state.shown is not None
         ]
-        return cluster.local_reports(states, with_profile=True)
+        return cluster.local_reports(states, with_profile=with_profile)
 
     def policy_snapshot(
         self,

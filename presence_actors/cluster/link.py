@@ -59,7 +59,7 @@ class Receiver(Protocol):
 
     def local_alive(self) -> Iterable[tuple[str, int]]: ...
 
-    def local_reports(self) -> list[Report]: ...
+    def local_reports(self, with_profile: bool) -> list[Report]: ...
 
     def policy_snapshot(
         self,
@@ -273,7 +273,7 @@ class ClusterLink:
             log.warning("Redis lost the cluster's data: writing back this node's copy")
             await policy_store.write_back(client, *receiver.policy_snapshot())
             self._policy_position = b"0-0"
-        for report in receiver.local_reports():
+        for report in receiver.local_reports(with_profile=fresh):
             self.publisher.report(report)
 
     async def _follow_policy(self, client: Any, receiver: Receiver) -> None:
