@@ -8,9 +8,10 @@ file nor which setting).
 
 The checks mirror what the start does next and leave nothing behind but the
 directories the start would create anyway: the address is bound and released
-(with ``SO_REUSEADDR``, as hypercorn binds it), the TLS pair is loaded into a
-throwaway context. A race with another process taking the port in between is
-possible; the start then fails with the plain errno.
+(with ``SO_REUSEADDR``, and ``SO_REUSEPORT`` when worker processes will share it,
+as hypercorn binds it), the TLS pair is loaded into a throwaway context. A race
+with another process taking the port in between is possible; the start then
+fails with the plain errno.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def _check_listen(server: ServerSettings) -> None:
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if server.workers > 1:  # worker processes share the port, as they will bind it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
