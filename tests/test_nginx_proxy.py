@@ -38,7 +38,6 @@ from presence_actors.config import parse_duration
 
 from .process_harness import ServerProcess, server_process, write_config
 from .server_harness import RawClient, self_signed_certificate
-from .test_grpc import stubs  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx.conf"
@@ -197,7 +196,7 @@ async def ws_through(
         yield client
 
 
-def grpc_stub(proxy: Proxy, stubs: SimpleNamespace) -> Any:  # noqa: F811
+def grpc_stub(proxy: Proxy, stubs: SimpleNamespace) -> Any:
     credentials = grpc.ssl_channel_credentials(root_certificates=proxy.cert.read_bytes())
     channel = grpc.secure_channel(f"localhost:{proxy.tls_port}", credentials)
     return channel, stubs.rpc.PresenceServiceStub(channel)
@@ -208,7 +207,7 @@ def grpc_stub(proxy: Proxy, stubs: SimpleNamespace) -> Any:  # noqa: F811
 
 async def test_websocket_rest_connect_and_grpc_through_nginx(
     tmp_path: Path,
-    stubs: SimpleNamespace,  # noqa: F811
+    stubs: SimpleNamespace,
 ) -> None:
     async with proxied(tmp_path) as proxy:
         channel, presence = grpc_stub(proxy, stubs)
