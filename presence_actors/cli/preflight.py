@@ -37,7 +37,8 @@ def check_startup(settings: Settings) -> None:
     the TLS files, then the address.
     (The log file is opened before any of these: :func:`log_file_problem`.)
     """
-    _check_database_path(settings.persistence.path)
+    if not settings.cluster.redis_url:  # a cluster node opens no database
+        _check_database_path(settings.persistence.path)
     _check_tls(settings.server)
     _check_listen(settings.server)
 
