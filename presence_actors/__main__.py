@@ -377,12 +377,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseException as exc:
+        if _interrupted(exc):
+            return EXIT_INTERRUPTED
         message = _expected_failure(exc)
         if message is None:
             raise
         warn(message)
         return exc.status if isinstance(exc, CliError) else 1
     return status
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C that reached us through task groups: KeyboardInterrupt and nothing else."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return False
+    _, rest = exc.split(KeyboardInterrupt)
+    return rest is None
 
 
 def _expected_failure(exc: BaseException) -> str | None:

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from presence_actors import __version__
+from presence_actors.__main__ import _interrupted
+from presence_actors.cli.preflight import check_startup
 
+from .engine_harness import make_settings
 from .process_harness import run_cli, write_config
 from .server_harness import self_signed_certificate
 
@@ -208,3 +211,26 @@ async def test_the_file_names_are_taken_as_written_in_the_config(tmp_path: Path)
     config.write_text('[persistence]\npath = "x/p.db"\n[logging]\nfile = ""\n', encoding="utf-8")
     line = await one_line(tmp_path, "serve", "--config", str(config), "--port", "0")
     assert line == "persistence.path = 'x/p.db': x is not a directory"
+
+
+def test_a_cluster_nodes_start_tries_no_database(tmp_path: Path) -> None:
+    """A node with cluster.redis_url opens no SQLite file: the start-up checks leave
+    persistence.path alone (no directory, no lock file made)."""
+    (tmp_path / "afile").write_text("")
+    settings = make_settings(
+        tmp_path,
+        persistence={"path": str(tmp_path / "afile" / "presence.db")},
+        cluster={"redis_url": "redis://127.0.0.1:1"},
+        server={"port": 0},
+    )
+    check_startup(settings)  # the same path fails a single server (test above)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_ctrl_c_inside_task_groups_is_a_quiet_exit_130() -> None:
+    """Before: a KeyboardInterrupt wrapped in an exception group (Ctrl-C while a start
+    waited, say) printed the whole group as a traceback."""
+    group = BaseExceptionGroup("nursery", [BaseExceptionGroup("inner", [KeyboardInterrupt()])])
+    assert _interrupted(group)
+    assert not _interrupted(BaseExceptionGroup("mixed", [KeyboardInterrupt(), ValueError()]))
+    assert not _interrupted(KeyboardInterrupt())  # the bare one is caught on its own
