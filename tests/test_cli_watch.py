@@ -124,6 +124,7 @@ async def test_status_and_watch_take_a_token_for_a_jwt_server(tmp_path: Path) ->
             f"presence-actors: {url} refused to stream: UNAUTHENTICATED: UNAUTHORIZED: "
         )
         assert refused.stderr.count("\n") == 1
+        assert refused.stderr.endswith("(the server signs users in with tokens: give --token)\n")
 
 
 async def test_watch_comes_back_after_the_server_restarts(tmp_path: Path) -> None:

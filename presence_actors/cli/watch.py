@@ -118,7 +118,10 @@ class Watch:
                 problem = "the server ended the stream"
             except ConnectError as exc:
                 if exc.code in _FINAL or (not connected_once and exc.code != Code.UNAVAILABLE):
-                    raise CliError(f"{self.base} refused to stream: {_brief(exc)}") from None
+                    hint = ""
+                    if exc.code == Code.UNAUTHENTICATED and not self.headers:
+                        hint = " (the server signs users in with tokens: give --token)"
+                    raise CliError(f"{self.base} refused to stream: {_brief(exc)}{hint}") from None
                 if not connected_once:
                     raise CliError(
                         f"cannot reach the server at {self.base}: {_brief(exc)}"
