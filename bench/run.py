@@ -4,6 +4,7 @@
     python bench/run.py broadcast [--watchers W] [--rate R] [--seconds T] [--json]
     python bench/run.py stall [--users N] [--json]
     python bench/run.py burst [--users U] [--kill-after D[,D...]] [--json]
+    python bench/run.py soak [--minutes M] [--users U] [--json]
 
 Every run starts its own server (``bench/server_main.py``: SQLite and the log
 in a temporary directory, port chosen by the OS) pinned to one core, and load
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--repeat", type=int, default=1, help="independent runs (default 1)")
         sub.add_argument("--procs", type=int, default=1, help="generator processes (default 1)")
         sub.add_argument("--json", action="store_true", help="print the results as JSON")
+        sub.add_argument(
+            "--json-file",
+            type=Path,
+            default=None,
+            help="also write the JSON document to this file (the table is printed)",
+        )
         sub.add_argument("--no-progress", action="store_true", help="no status line on stderr")
         sub.add_argument("--keep", action="store_true", help="keep each run's temp directory")
         sub.add_argument(
@@ -213,13 +220,15 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     parameters = module.parameters(args)
+    document = {
+        "scenario": args.scenario,
+        "parameters": parameters,
+        "machine": machine,
+        **to_json(runs),
+    }
+    if args.json_file is not None:
+        args.json_file.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     if args.json:
-        document = {
-            "scenario": args.scenario,
-            "parameters": parameters,
-            "machine": machine,
-            **to_json(runs),
-        }
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return 0
     print(f"scenario: {args.scenario}  " + "  ".join(f"{k}={v}" for k, v in parameters.items()))
@@ -232,6 +241,9 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
     )
     print()
     print(render_table(runs))
+    for number, run in enumerate(runs, 1):
+        for line in run.details.get("verdict_lines", ()):
+            print(f"run {number}: {line}" if len(runs) > 1 else line)
     saturated = [i + 1 for i, r in enumerate(runs) if r.details.get("generator_saturated")]
     if saturated:
         print(

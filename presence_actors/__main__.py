@@ -8,6 +8,7 @@ print one line on stderr and exit non-zero; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from .transfer import (
     state_document,
     write_state,
 )
+from .workers import Supervisor, check_workers, serve_worker, worker_settings
 
 DEFAULT_CONFIG = Path("config.toml")
 # Exit status after Ctrl-C outside a command that expects it (128 + SIGINT).
@@ -102,7 +104,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         path = DEFAULT_CONFIG
     settings = load_settings(path)
     flags = {
-        name: value for name in ("host", "port") if (value := getattr(args, name, None)) is not None
+        name: value
+        for name in ("host", "port", "workers")
+        if (value := getattr(args, name, None)) is not None
     }
     return attrs.evolve(settings, server=attrs.evolve(settings.server, **flags))
 
@@ -126,41 +130,81 @@ def _user_ids(values: Sequence[str]) -> tuple[str, ...]:
 # --- serve ---------------------------------------------------------------------------
 
 
+def _workers(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1 to 256)")
+    return int(text)
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     _config_argument(parser)
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=_port, help="port to listen on; 0 picks a free one")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes sharing the port, each a node (overrides server.workers;"
+        " more than 1 needs cluster.redis_url)",
+    )
+    # Set by the supervising process on the workers it starts (see workers/).
+    parser.add_argument("--worker", type=_workers, help=argparse.SUPPRESS)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.worker is not None:
+        settings = worker_settings(settings, args.worker, os.getpid())
+    check_workers(settings)  # before anything is created, like any other setting
     try:
-        configure_logging(settings.logging)
+        configure_logging(settings.logging, "" if args.worker is None else f"worker {args.worker}")
     except OSError as exc:
         raise log_file_problem(settings.logging, exc) from None
     check_startup(settings)
+    if args.worker is None and settings.server.workers > 1:
+        supervisor = Supervisor(
+            settings,
+            lambda index, port: _worker_command(args, settings.server.workers, index, port),
+            lambda base: print(_banner(base, settings), flush=True),
+        )
+        return trio.run(supervisor.run)
     lost = False
     try:
-        trio.run(_serve_until_signalled, settings)
+        trio.run(_serve_until_signalled if args.worker is None else serve_worker, settings)
     except* WritesLost:
         lost = True  # the writer logged what was lost, in one line
     return EXIT_WRITES_LOST if lost else 0
 
 
+def _worker_command(args: argparse.Namespace, workers: int, index: int, port: int) -> list[str]:
+    """How the supervisor starts worker ``index`` of ``workers``: this command line (the
+    same settings file, environment and flags), serving on ``port``."""
+    command = [sys.executable, "-m", "presence_actors", "serve", "--worker", str(index)]
+    command += ["--port", str(port), "--workers", str(workers)]
+    config = args.config if args.config is not None else DEFAULT_CONFIG
+    if config.is_file():
+        command += ["--config", str(config.resolve())]
+    if args.host is not None:
+        command += ["--host", args.host]
+    return command
+
+
 async def _serve_until_signalled(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(serve_until_signalled, settings)
-        base = server.base_url
-        websocket = base.replace("http", "ws", 1)
-        # In jwt mode the token names the user (a userId, if given, must match it).
-        identity = "token=YOUR_JWT" if settings.auth.mode == "jwt" else "userId=YOUR_USER_ID"
-        print(
-            f"presence_actors is listening (Ctrl-C to stop)\n"
-            f"  page       {base}/\n"
-            f"  websocket  {websocket}/ws?{identity}\n"
-            f"  api        {base}/api/users",
-            flush=True,
-        )
+        print(_banner(server.base_url, settings), flush=True)
+
+
+def _banner(base: str, settings: Settings) -> str:
+    websocket = base.replace("http", "ws", 1)
+    # In jwt mode the token names the user (a userId, if given, must match it).
+    identity = "token=YOUR_JWT" if settings.auth.mode == "jwt" else "userId=YOUR_USER_ID"
+    return (
+        f"presence_actors is listening (Ctrl-C to stop)\n"
+        f"  page       {base}/\n"
+        f"  websocket  {websocket}/ws?{identity}\n"
+        f"  api        {base}/api/users"
+    )
 
 
 # --- status, watch ---------------------------------------------------------------------
@@ -334,7 +378,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     """The command line's parser, and each command's own by name."""
     parser = _Parser(prog=PROG, description="Real-time 'who is online' server and tools.")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    parser.set_defaults(run=_serve, config=None, host=None, port=None)
+    parser.set_defaults(run=_serve, config=None, host=None, port=None, workers=None, worker=None)
     # Without a command it serves, so serve's options work here too.
     _serve_arguments(parser)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from .config import LoggingSettings
 
-_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+_FORMAT = "%(asctime)s %(levelname)-8s %(name)s{tag}: %(message)s"
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+def configure_logging(settings: LoggingSettings, process: str = "") -> None:
     """Replace the root logger's handlers: stderr, plus ``settings.file`` unless empty.
+
+    ``process`` names the process on every line (``name[process]: message``), for
+    the workers of one supervisor, which share a stderr.
 
     The file rotates at ``max_bytes`` keeping ``backup_count`` old files; its
     directory is created. Hypercorn's access log stays off (one line per
@@ -26,7 +29,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     # coredis logs every failed connection attempt as an error with a blank
     # traceback; the cluster link says once what is wrong and when it is back.
     logging.getLogger("coredis").setLevel(logging.CRITICAL)
-    formatter = logging.Formatter(_FORMAT)
+    formatter = logging.Formatter(_FORMAT.format(tag=f"[{process}]" if process else ""))
     console = logging.StreamHandler()
     console.setFormatter(formatter)
     root.addHandler(console)

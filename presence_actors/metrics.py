@@ -68,6 +68,7 @@ _ENGINE_METRICS = {
     "actor_restarts": ("counter", "User actors restarted after a crash."),
     "persistence_pending": ("gauge", "Intents waiting to be committed."),
     "persistence_commit_failures": ("counter", "Failed commit attempts (retried)."),
+    "trio_tasks_living": ("gauge", "Living trio tasks in the server (a leak shows here)."),
     # A node of a cluster (cluster.redis_url) only:
     "cluster_connected": ("gauge", "1 while this node's link to Redis works."),
     "cluster_published": ("counter", "Changes this node merged in Redis (its reports, cleanups)."),

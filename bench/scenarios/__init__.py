@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from bench.scenarios import broadcast, burst, connections, fanout, persistence, query, stall
+from bench.scenarios import (
+    broadcast,
+    burst,
+    connections,
+    fanout,
+    persistence,
+    query,
+    soak,
+    stall,
+)
 
 SCENARIOS = {
     module.NAME: module
-    for module in (connections, fanout, query, persistence, broadcast, stall, burst)
+    for module in (connections, fanout, query, persistence, broadcast, stall, burst, soak)
 }
 
 __all__ = ["SCENARIOS"]

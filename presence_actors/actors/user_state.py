@@ -457,8 +457,16 @@ def expire(state: UserState, now: float, rules: Rules) -> Outcome:
 
 def last_alive(state: UserState, rules: Rules) -> int | None:
     """When a visible session of this user was last heard from (wall ms), counting
-    bare heartbeats the actor has not folded in yet; None if never."""
-    return _synced(state, rules).seen_alive
+    bare heartbeats the actor has not folded in yet; None if never. Reads only (no
+    copy of the state): a cluster node asks it for every local user each second."""
+    alive = state.seen_alive
+    for session in state.sessions:
+        heard = session.handle.last_message
+        if heard > session.last_message and session.status is not Status.OFFLINE:
+            stamp = rules.clock.ms(heard)
+            if alive is None or stamp > alive:
+                alive = stamp
+    return alive
 
 
 def _synced(state: UserState, rules: Rules) -> UserState:

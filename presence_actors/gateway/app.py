@@ -11,6 +11,8 @@ import logging
 import re
 from importlib import resources
 
+import trio
+
 from ..actors import Engine, StatsQuery
 from ..config import Settings
 from ..metrics import Metrics
@@ -149,6 +151,7 @@ class PresenceApp:
             "actor_restarts": registry.stats.actor_restarts,
             "persistence_pending": writer_stats.pending_intents,
             "persistence_commit_failures": writer_stats.commit_failures,
+            "trio_tasks_living": trio.lowlevel.current_statistics().tasks_living,
             **self._cluster_values(),
         }
 

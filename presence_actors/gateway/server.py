@@ -52,6 +52,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
         f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
     ]
     config.accesslog = None
+    # More than one: the listening sockets take SO_REUSEPORT (hypercorn sets it for
+    # workers > 1), so that every worker of one machine binds the same port.
+    config.workers = settings.server.workers
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.server.graceful_timeout
     # After a restart every client reconnects at once; hypercorn's default of
