@@ -410,6 +410,9 @@ async def client(demo: Demo, main: Server) -> None:
 
 async def configuration(demo: Demo) -> None:
     await demo.session(
+        "workers-refused", ["python -m presence_actors --workers 2"], demo.directory("empty")
+    )
+    await demo.session(
         "config-errors",
         [
             "PRESENCE_PRESENCE_GRACE_PERIOD=abc python -m presence_actors",
