@@ -27,6 +27,15 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN_PORT = 8080
+# Names README's commands use.
+ADMIN = "ops-secret"
+JWT_SECRET = "change-me-to-32-bytes-or-more-please"
+EXAMPLES = ROOT / "docs" / "examples"
+CURL = "curl -s -w ' HTTP %{http_code}\\n'"
+API = "http://127.0.0.1:8080"
+BEARER = f"-H 'Authorization: Bearer {ADMIN}'"
+JSON = "-H 'Content-Type: application/json'"
+SERVICE = f"{API}/presence.v1.PresenceService"
 # Waits: a server starts in well under a second; a busy machine is slower.
 START_TIMEOUT = 60
 QUIET = 0.3  # a WebSocket transcript reads until the line is quiet this long
