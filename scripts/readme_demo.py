@@ -57,7 +57,11 @@ class Demo:
         self.out: dict[str, str] = Progress()
         bin_dir = base / "bin"
         bin_dir.mkdir()
-        (bin_dir / "python").symlink_to(sys.executable)  # `python` is this interpreter
+        # `python` is this interpreter. A script, not a symlink: a venv's python found
+        # through a symlink elsewhere does not know it is in the venv.
+        python = bin_dir / "python"
+        python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        python.chmod(0o755)
         self.env = {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
