@@ -38,7 +38,7 @@ JSON = "-H 'Content-Type: application/json'"
 SERVICE = f"{API}/presence.v1.PresenceService"
 # Waits: a server starts in well under a second; a busy machine is slower.
 START_TIMEOUT = 60
-QUIET = 0.3  # a WebSocket transcript reads until the line is quiet this long
+QUIET = 0.5  # a WebSocket transcript reads until the line is quiet this long (as websocket.py)
 STEP = 0.05  # between changes, so that no two users share a lastSeen millisecond
 
 

@@ -7,9 +7,9 @@ URL = "ws://127.0.0.1:8080/ws"
 
 
 async def drain(name, ws):
-    """Print what arrives until the line is quiet for 0.3 s."""
+    """Print what arrives until the line is quiet for half a second."""
     while True:
-        with trio.move_on_after(0.3):
+        with trio.move_on_after(0.5):
             try:
                 print(f"{name} < {await ws.get_message()}")
             except ConnectionClosed as closed:
