@@ -90,6 +90,27 @@ async def test_a_reconnect_to_another_node_within_grace_shows_no_flap(tmp_path: 
             assert await pushes_within(watcher, GRACE + 1.5, about="alice") == []
 
 
+async def test_the_last_device_lost_is_the_one_held_through_grace(tmp_path: Path) -> None:
+    """As on one server: a laptop (online) on b drops while the phone (busy) on a stays,
+    which is not the user's last session, so busy shows at once; the phone is then the
+    last session, and losing it holds busy through grace, not the laptop's online."""
+    grace = 4.0
+    presence = {"fanout": "everyone", "grace_period": f"{grace}s"}
+    async with (
+        open_redis(tmp_path / "redis") as redis,
+        open_nodes(tmp_path, redis.url, presence=presence) as (a, b),
+        ws_client(b, "watcher") as watcher,
+    ):
+        async with ws_client(a, "alice", deviceId="phone") as phone:
+            await phone.request({"type": "set_status", "status": "busy"}, "status_updated")
+            await until_pushed(watcher, "alice", "busy")
+            async with ws_client(b, "alice", deviceId="laptop"):
+                await until_pushed(watcher, "alice", "online")
+            await until_pushed(watcher, "alice", "busy", seconds=grace / 2)
+        shown = await pushes_within(watcher, grace + 2.5, about="alice")
+        assert [m["status"] for m in shown] == ["offline"]
+
+
 async def test_history_counts_lists_and_admin_changes_span_the_nodes(tmp_path: Path) -> None:
     sections = {"presence": {"fanout": "contacts"}, "auth": {"admin_token": ADMIN}}
     async with (

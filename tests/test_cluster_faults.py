@@ -18,6 +18,7 @@ from .cluster_harness import (
     open_nodes,
     pushes_within,
     request,
+    until_all_pushed,
     until_pushed,
 )
 from .process_harness import ws_client
@@ -83,6 +84,42 @@ async def test_a_restarted_node_rejoins_and_a_reconnect_within_grace_does_not_fl
                 assert await pushes_within(watcher, GRACE + NODE_TTL + 1, about="alice") == []
         async with open_node(tmp_path, "a", redis.url, **EVERYONE) as a2, ws_client(a2, "carol"):
             await until_pushed(watcher, "carol", "online")
+
+
+async def test_a_node_restarted_under_its_name_before_its_liveness_expired_leaves_no_ghost(
+    tmp_path: Path,
+) -> None:
+    """kill -9 and an immediate restart under the same server.node: the new process
+    renews the liveness the others would have watched expire, so it cleans up after
+    its predecessor itself; a user back within grace does not flap."""
+    slow = {"presence": {"fanout": "everyone", "grace_period": "6s"}}
+    async with (
+        open_redis(tmp_path / "redis") as redis,
+        open_node(tmp_path, "b", redis.url, **slow) as b,
+        ws_client(b, "watcher") as watcher,
+    ):
+        long_lived = {"cluster": {"node_ttl": "30s"}, **slow}
+        async with (
+            open_node(tmp_path, "a", redis.url, **long_lived) as a,
+            ws_client(a, "gone"),
+            ws_client(a, "back", deviceId="phone"),
+        ):
+            await until_all_pushed(watcher, ["gone", "back"], "online")
+            await a.stop(signal.SIGKILL)
+        killed = trio.current_time()
+        async with (
+            open_node(tmp_path, "a", redis.url, **long_lived) as a2,
+            ws_client(a2, "back", deviceId="phone"),
+        ):
+            assert trio.current_time() - killed < 6, "restarted too slowly for this test"
+            await until_pushed(watcher, "gone", "offline", seconds=20)
+            _, seen = await request(f"{b.base_url}/api/presence?ids=gone,back")
+            assert [u["status"] for u in seen["users"]] == ["offline", "online"]
+            assert not [
+                m
+                for m in watcher.received
+                if m.get("userId") == "back" and m.get("status") == "offline"
+            ]
 
 
 async def test_redis_away_and_back_empty_nodes_serve_locally_then_reconcile(tmp_path: Path) -> None:

@@ -47,3 +47,43 @@ def test_a_push_frame_is_the_encoded_status_change(view: UserView, stamp: int) -
     expected = codec.to_wire(p.UserStatusChange(timestamp=stamp, view=view))
     assert orjson.loads(push.payload) == expected
     assert push.frame == push.payload.decode()
+
+
+def _retained_per_object(make: object) -> float:
+    """Bytes of memory held per object kept by ``make`` (a callable of an index)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [make(index) for index in range(5_000)]  # type: ignore[operator]
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == 5_000
+    return (after - before) / 5_000
+
+
+def test_cached_view_encodings_cost_their_size_not_a_buffer() -> None:
+    # The soak run grew 8 MB a minute: every cached view held a 4 KiB orjson
+    # buffer for ~100 bytes of JSON, and the cache kept one per view object.
+    codec._fragments.clear()
+
+    def encode(index: int) -> bytes:
+        return codec.view_fragment(UserView(f"u{index}", Status.ONLINE, last_seen=1))
+
+    assert _retained_per_object(encode) < 1_000
+    # One entry per user: a user's newer view replaces the older one.
+    for last_seen in range(50):
+        codec.view_fragment(UserView("u0", Status.AWAY, last_seen=last_seen))
+    assert len(codec._fragments) == 5_000
+    codec._fragments.clear()
+
+
+def test_pushes_and_replies_cost_their_size_while_they_wait_in_outboxes() -> None:
+    view = UserView("alice", Status.BUSY, last_seen=1)
+    assert _retained_per_object(lambda i: codec.make_push(view, i)) < 1_500
+    def ack(index: int) -> bytes:
+        return codec.encode_bytes(p.HeartbeatAck(timestamp=index, next_heartbeat_in_seconds=30))
+
+    assert _retained_per_object(ack) < 600

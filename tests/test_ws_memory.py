@@ -82,6 +82,11 @@ def test_a_client_that_never_reads_big_answers_is_closed_1013_with_bounded_memor
         peak = max(peak, server.rss_kib())
         assert peak - baseline < RSS_BOUND_KIB, f"{baseline} KiB -> {peak} KiB"
 
+        # Unaware, it keeps its heartbeat going: input nobody reads any more,
+        # which must not turn the close into a reset that loses the close frame.
+        for _ in range(5):
+            slow.send(text({"type": "heartbeat"}))
+            time.sleep(0.05)
         # It reads now: whole frames, the last one a close frame with 1013.
         head = slow.read_head()
         assert head.startswith(b"HTTP/1.1 101 ")

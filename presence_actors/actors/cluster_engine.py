@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import trio
+from attrs import evolve
 
 from ..cluster.link import ClusterLink
 from ..cluster.policy_store import PolicyIntent
@@ -101,7 +102,7 @@ async def open_cluster_engine(settings: Settings, clock: WallClock) -> AsyncIter
     )
     registry = Registry(
         settings,
-        Rules.from_settings(settings, clock),
+        evolve(Rules.from_settings(settings, clock), publish_holds=True),
         link.writer,
         directory=Directory(),
         policy=policy,

@@ -56,6 +56,9 @@ class Rules:
     away_after: float = 300.0
     max_sessions: int = 10
     pushes_per_window: int = 10
+    # A node of a cluster: the last session here need not be the user's last one,
+    # so the start of a hold is published (see _remove).
+    publish_holds: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: WallClock) -> Rules:
@@ -572,6 +575,13 @@ def _remove(
         state.departed = ()  # the user is offline now: a later connect starts afresh
     effects = [*effects, Ended(session.handle)]
     if state.grace is not None:
+        if rules.publish_holds and state.shown is not None:
+            # This node's share becomes a hold without devices; the cluster's merge
+            # shows it only if no other node has a session of the user. The shown
+            # view stays, so the end of the hold is still a change.
+            held_view = view_of(state, now, rules)
+            public = public_view(state, held_view)
+            effects.append(Publish(held_view, public, False, False, None, state.seen_alive))
         return state, effects  # nothing visible changes until the grace period ends
     return _finish(state, effects, now, rules, cause=session.handle, reason=reason)
 

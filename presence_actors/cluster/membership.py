@@ -56,6 +56,7 @@ class Membership:
         self._script = script
         self._stamped: dict[str, int] = {}
         self.epoch = 0
+        self._predecessor = 0  # an earlier run's epoch under this name, to clean up
         self.generation: bytes | None = None
         self.nodes_reaped = 0
 
@@ -73,6 +74,18 @@ class Membership:
         if previous:
             # This node reports all its users again under the new epoch.
             await client.delete([keys.node_users(self.node, previous)])
+        registered = await client.hget(keys.NODES, self.node)
+        if registered is not None and int(registered) not in (previous, self.epoch):
+            # A process that ran under this name before, and whose liveness this
+            # node now renews: nobody else would ever take it for dead.
+            self._predecessor = int(registered)
+            log.warning(
+                "node name %s was registered by an earlier run (epoch %s) that this one "
+                "replaces: its sessions are lost (a second live process under this name "
+                "would fight this one: give each a distinct server.node)",
+                self.node,
+                registered.decode(),
+            )
         await client.hset(keys.NODES, {self.node: str(self.epoch)})
         await self._renew(client)
         self._stamped = {}
@@ -85,14 +98,30 @@ class Membership:
     async def beat(self, client: Any, *, task_status: trio.TaskStatus[None]) -> None:
         """Renew liveness, write heartbeat stamps, look out for dead nodes; until
         cancelled or Redis fails. Raises LostData if Redis lost its data meanwhile."""
-        task_status.started()
-        while True:
-            await trio.sleep(BEAT)
-            if await client.get(keys.GENERATION) != self.generation:
-                raise LostData("Redis lost its data (no generation marker)")
-            await self._renew(client)
-            await self._stamp(client)
-            await self._look_out(client)
+        async with trio.open_nursery() as nursery:
+            if self._predecessor:
+                nursery.start_soon(self._take_over, client, self._predecessor)
+            task_status.started()
+            while True:
+                await trio.sleep(BEAT)
+                if await client.get(keys.GENERATION) != self.generation:
+                    raise LostData("Redis lost its data (no generation marker)")
+                await self._renew(client)
+                await self._stamp(client)
+                await self._look_out(client)
+
+    async def _take_over(self, client: Any, epoch: int) -> None:
+        """Clean up after this node's own predecessor (see :meth:`join`), unless
+        another node already is. Merges under a fence leave alone the entries this
+        epoch wrote meanwhile. Interrupted (Redis away), it starts over on the next
+        join: the lock it holds is its own."""
+        lease = int((self._grace + self._ttl + 30) * 1000)
+        lock = keys.reaping(self.node)
+        taken = await client.set(lock, self.node, condition=PureToken.NX, px=lease)
+        if taken or await client.get(lock) == self.node.encode():
+            self.nodes_reaped += 1
+            await self._reap(client, self.node, epoch)
+        self._predecessor = 0
 
     async def _renew(self, client: Any) -> None:
         await client.set(keys.alive(self.node), str(self.epoch), px=int(self._ttl * 1000))

@@ -12,8 +12,9 @@
 --       [username, message, shown username, shown message]: what the user set,
 --       and what others see of it while it shows offline), now_ms, reason,
 --       device, publish command
---       ('' publishes nothing), channel, events cap, fence (1: refuse the node's
---       writes below epoch from now on)
+--       ('' publishes nothing), channel, events cap, fence (1: the node's epoch
+--       is dead: refuse its writes up to epoch from now on; its entry is
+--       changed only if no later epoch wrote it)
 -- Returns the merged JSON with "po"/"pp" (push to the user's own sessions /
 -- to others) and "c" (anything changed), or false when the node's epoch is fenced.
 
@@ -24,23 +25,31 @@ local null = cjson.null
 local user, node, epoch = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local entry, profile, now = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
-local fence = redis.call('HGET', KEYS[1], 'x:' .. node)
-if fence and tonumber(fence) >= epoch and ARGV[12] ~= '1' then
+local fencing = ARGV[12] == '1'
+local fence = tonumber(redis.call('HGET', KEYS[1], 'x:' .. node))
+if fencing then
+  if not fence or fence < epoch then
+    redis.call('HSET', KEYS[1], 'x:' .. node, epoch)
+  end
+elseif fence and fence >= epoch then
   return false
 end
-if ARGV[12] == '1' then
-  redis.call('HSET', KEYS[1], 'x:' .. node, epoch)
+local current = nil
+if fencing or entry == '*hold' then
+  current = redis.call('HGET', KEYS[1], node)
+  if current then current = cjson.decode(current) end
 end
-if entry == '' then
+-- Cleaning up after a dead epoch of a node leaves alone an entry written by a
+-- later epoch of the same name (the node restarted and has the user again).
+local touch = not (fencing and current and (current.e or 0) > epoch)
+if not touch then
+  -- nothing of this node's entry changes
+elseif entry == '' then
   redis.call('HDEL', KEYS[1], node)
 elseif entry == '*hold' then
-  local current = redis.call('HGET', KEYS[1], node)
-  if current then
-    local e = cjson.decode(current)
-    if #e.d > 0 then
-      e.d = nil
-      redis.call('HSET', KEYS[1], node, string.sub(cjson.encode(e), 1, -2) .. ',"d":[]}')
-    end
+  if current and #current.d > 0 then
+    current.d = nil
+    redis.call('HSET', KEYS[1], node, string.sub(cjson.encode(current), 1, -2) .. ',"d":[]}')
   end
 else
   redis.call('HSET', KEYS[1], node, entry)
@@ -54,7 +63,7 @@ local function later(a, b)
 end
 
 local best_live, best_held = -1, -1
-local devices, active, alive = {}, null, null
+local devices, active, alive, held = {}, null, null, {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local name, value = fields[i], fields[i + 1]
@@ -67,12 +76,20 @@ for i = 1, #fields, 2 do
     if #e.d > 0 then
       if p > best_live then best_live = p end
       for _, d in ipairs(e.d) do devices[#devices + 1] = d end
-    elseif p > best_held then
-      best_held = p
+    else
+      held[#held + 1] = name
+      if p > best_held then best_held = p end
     end
     active = later(active, e.a)
     alive = later(alive, e.v)
   end
+end
+-- A node holds the user through the grace period when it lost its own last
+-- session; while another node has a session that was not the user's last one,
+-- so the hold ends (as a second device's drop does on one server). Otherwise,
+-- once the live sessions go too, a stale hold would show instead of theirs.
+if best_live >= 0 and #held > 0 then
+  redis.call('HDEL', KEYS[1], unpack(held))
 end
 
 local status = 'offline'
@@ -82,7 +99,7 @@ elseif best_held >= 0 then
   status = NAMES[best_held]
 end
 
-if entry == '' then
+if entry == '' and touch then
   -- Its last heartbeat is in al from now on (below); the stamp is not needed.
   redis.call('HDEL', KEYS[1], 'v:' .. node)
 end
@@ -115,7 +132,12 @@ local al = later(old.al, alive)
 local ls = old.ls
 if status ~= 'offline' then
   ls = later(null, active)
-  if ls == null then ls = old.ls end
+  if ls == null then
+    ls = old.ls
+  elseif old.s ~= 'offline' then
+    -- An ended session's activity counts while the user stays online.
+    ls = later(ls, old.ls)
+  end
 elseif old.s ~= 'offline' then
   ls = later(al, null)
   if ls == null then ls = old.ls end

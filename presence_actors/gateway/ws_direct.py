@@ -38,6 +38,10 @@ from .frames import OP_PONG, FrameReader, Kind, close_frame, frame
 from .wsconn import FINISH_TIMEOUT, SLOW_FINISH_TIMEOUT, TOO_LARGE, Incoming, count_out
 
 _RECEIVE_SIZE = 65536
+# After the close frame, how long and how much of the peer's input is read and
+# dropped while waiting for it to close (see DirectConnection._end_input).
+DRAIN_TIMEOUT = 2.0
+DRAIN_BYTES = 1 << 20
 # Frames one write hands the kernel at most (writev's IOV_MAX is 1024 on Linux).
 _WRITE_FRAMES = 256
 
@@ -227,12 +231,37 @@ class DirectConnection:
                     self._stream.socket.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
+            if self._close_code is not None and not self._frames and not self._failed:
+                await self._end_input()
         except OSError:
             pass
         finally:
             self._frames.clear()
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()
+
+    async def _end_input(self) -> None:
+        """Once the close frame is out whole: send FIN, then read and drop what the
+        peer still sends until it closes too, within :data:`DRAIN_TIMEOUT` and
+        :data:`DRAIN_BYTES`.
+
+        Closing a socket with unread input makes the kernel reset the
+        connection, and the reset can destroy the close frame the peer has not
+        read yet: a slow consumer that keeps its heartbeat going would read a
+        reset instead of 1013. Past either bound the socket is closed as it is.
+        """
+        stream = self._stream
+        dropped = 0
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            try:
+                await stream.send_eof()
+                while dropped < DRAIN_BYTES:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     # --- receiving -------------------------------------------------------------------
 
