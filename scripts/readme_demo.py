@@ -54,6 +54,7 @@ class Demo:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.port = free_port()
+        self.ports = {SHOWN_PORT: self.port}  # README's port -> the one used here
         self.out: dict[str, str] = Progress()
         bin_dir = base / "bin"
         bin_dir.mkdir()
@@ -74,12 +75,21 @@ class Demo:
                 del self.env[name]
 
     def place(self, text: str) -> str:
-        """README's text as it runs here: the main server's real port."""
-        return text.replace(f"127.0.0.1:{SHOWN_PORT}", f"127.0.0.1:{self.port}")
+        """README's text as it runs here: the real ports in place of the shown ones."""
+        for shown, real in self.ports.items():
+            text = text.replace(f"127.0.0.1:{shown}", f"127.0.0.1:{real}")
+        return text
 
     def shown(self, text: str) -> str:
-        """Output as README shows it: the main server on 8080."""
-        return text.replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{SHOWN_PORT}")
+        """Output as README shows it: the main server on 8080, and so on."""
+        for shown, real in self.ports.items():
+            text = text.replace(f"127.0.0.1:{real}", f"127.0.0.1:{shown}")
+        return text
+
+    def alias(self, shown: int) -> int:
+        """A free port to run what README shows on port ``shown``."""
+        real = self.ports[shown] = free_port()
+        return real
 
     def directory(self, name: str) -> Path:
         path = self.base / name

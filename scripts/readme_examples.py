@@ -6,8 +6,8 @@
 
 Nothing is assumed to exist: the script makes a temporary directory, starts fresh servers
 in it (``python -m presence_actors`` from this checkout, on free ports), builds the state
-each example needs, and runs each command as README shows it, through ``bash`` (``curl``
-and ``sqlite3`` must be installed). The main server runs as README says,
+each example needs, and runs each command as README shows it, through ``bash`` (``curl``,
+``sqlite3`` and ``redis-server`` must be installed). The main server runs as README says,
 ``PRESENCE_AUTH_ADMIN_TOKEN=ops-secret python -m presence_actors``, with its port given as
 ``PRESENCE_SERVER_PORT``; the commands of its examples run in that same environment, and
 README shows its port as 8080. ``--check`` compares without what differs from run to run
@@ -31,6 +31,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_blocks import README, differences, rewrite
+from readme_cluster import cluster
 from readme_commands import cli, client, configuration, jwt_server, operations, restarts
 from readme_demo import ADMIN, Demo
 from readme_sessions import (
@@ -66,6 +67,7 @@ async def run(base: Path) -> dict[str, str]:
     await contacts_mode(demo)
     await configuration(demo)
     await jwt_server(demo)
+    await cluster(demo)
     return demo.out
 
 

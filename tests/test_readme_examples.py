@@ -3,8 +3,8 @@
 scripts/readme_examples.py builds its own state on fresh servers in a temporary directory
 and runs every example README.md shows; ``--check`` compares each with README's block
 (times, ids, ports and tokens aside) and fails on a block that shows a session without
-being generated or marked as an illustration. Needs curl and sqlite3 (.ci/run installs
-them); about a minute.
+being generated or marked as an illustration. Needs curl, sqlite3 and redis-server
+(.ci/run installs them); about two minutes.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ TIMEOUT = 900
 
 
 @pytest.mark.skipif(
-    shutil.which("curl") is None or shutil.which("sqlite3") is None,
-    reason="README's examples use curl and sqlite3 (apt-get install curl sqlite3)",
+    not all(shutil.which(tool) for tool in ("curl", "sqlite3", "redis-server")),
+    reason="README's examples use curl, sqlite3 and redis-server (apt-get install them)",
 )
 def test_readme_shows_what_its_examples_print(tmp_path: Path) -> None:
     # Before: ~60 examples whose state was never built, a stale --help, and
