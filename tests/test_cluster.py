@@ -77,6 +77,52 @@ async def test_devices_on_two_nodes_make_one_user(tmp_path: Path, fanout: str) -
             assert one["user"]["status"] == "offline"
 
 
+async def _counter(node: object, name: str) -> float:
+    import urllib.request
+
+    url = f"{node.base_url}/metrics"  # type: ignore[attr-defined]
+
+    def read() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    for line in (await trio.to_thread.run_sync(read)).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_a_change_reaches_only_the_nodes_that_watch_the_user(tmp_path: Path) -> None:
+    """contacts fan-out: alice's changes go to b (her contact is there), never to c."""
+    async with (
+        open_redis(tmp_path / "redis") as redis,
+        open_nodes(tmp_path, redis.url, count=3, presence={"fanout": "contacts"}) as (a, b, c),
+    ):
+        for owner, contacts in (("alice", ["bob"]), ("carol", ["dave"])):
+            status, _ = await request(
+                f"{a.base_url}/api/admin/users/{owner}/contacts", "PUT", {"contacts": contacts}
+            )
+            assert status == 200
+        async with ws_client(b, "bob") as bob, ws_client(c, "dave") as dave:
+            await bob.expect("presence_state")
+            await dave.expect("presence_state")
+            async with ws_client(a, "alice") as alice:
+                await alice.expect("presence_state")
+                await until_pushed(bob, "alice", "online")
+                before_b = await _counter(b, "presence_cluster_received_total")
+                before_c = await _counter(c, "presence_cluster_received_total")
+                for turn in range(6):
+                    status = ("busy", "away")[turn % 2]
+                    await alice.request({"type": "set_status", "status": status}, "status_updated")
+                    await until_pushed(bob, "alice", status)
+                gained_b = await _counter(b, "presence_cluster_received_total") - before_b
+                gained_c = await _counter(c, "presence_cluster_received_total") - before_c
+        assert gained_b >= 6
+        assert gained_c == 0
+        assert await _counter(a, "presence_cluster_published_total") >= 7
+        assert not [m for m in dave.received if m.get("userId") == "alice"]
+
+
 async def test_a_reconnect_to_another_node_within_grace_shows_no_flap(tmp_path: Path) -> None:
     async with (
         open_redis(tmp_path / "redis") as redis,
