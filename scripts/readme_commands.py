@@ -149,7 +149,7 @@ async def client(demo: Demo, main: Server) -> None:
     running = Server(process)
     try:
         with trio.fail_after(60):
-            await running.read_until(r"me: .*\n")
+            await running.read_until(r"(?m)^me: .*\n")  # not "welcome: "
             await connect_json(main.url, "SetUserStatus", {"userId": "dave", "status": "AWAY"})
             await running.read_until(r"push: dave away\n")
             while chunk := await process.stdout.receive_some():  # type: ignore[union-attr]
