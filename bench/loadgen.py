@@ -23,7 +23,9 @@ on ``start``), ``users`` (user ids, one connection each), ``concurrency``
 a watcher's latency samples), ``changes`` (whether ``start`` makes these users
 change status; default: only for ``change``), ``reconnect`` (bring back a
 connection lost after its welcome, as a client library would), ``record_welcomes``
-(report every first ``welcome``'s arrival time in the result). Commands:
+(report every first ``welcome``'s arrival time in the result), ``report_ports``
+(the ``connected`` event maps each welcomed user to its connection's local port,
+which tells the orchestrator which server process holds it). Commands:
 ``{"cmd": "start", "t0", "w0", "w1", "rate"}`` (unix seconds: changes run from
 t0 to w1, the measured window is [w0, w1)), ``{"cmd": "stop"}``.
 """
@@ -141,6 +143,8 @@ class LoadGen(GeneratorLoop):
         # admitted when); off by default, it is one float per connection.
         self.record_welcomes: bool = spec.get("record_welcomes", False)
         self.welcome_times = array("d")
+        self.report_ports: bool = spec.get("report_ports", False)
+        self.ports: dict[str, int] = {}
         self.conns = [Conn(i, u) for i, u in enumerate(spec["users"])]
         self.by_fd: dict[int, Conn] = {}
         # One receive buffer for every connection: recv() would allocate (and
@@ -183,7 +187,9 @@ class LoadGen(GeneratorLoop):
         self.latency = array("f")  # ms, arrival - push timestamp, stamped in window
         self.e2e = array("f")  # ms, arrival - changer's send time, stamped in window
         self.stamps_ms = array("f")  # ms, each latency sample's push timestamp - w0
-        self.changes_seen: set[str] = set()  # "user@stamp" of pushes stamped in the window
+        # "user@send time" (or "user@push timestamp" if untagged) of pushes stamped
+        # in the window: the distinct changes pushed
+        self.changes_seen: set[str] = set()
         # changing
         self.t0 = 0.0
         self.rate = 0.0
@@ -279,6 +285,7 @@ class LoadGen(GeneratorLoop):
                 first=self.first_attempt,
                 last=self.last_welcome,
                 failures=dict(self.failures),
+                ports=self.ports,
                 **self._counts(),
             )
 
@@ -438,16 +445,20 @@ class LoadGen(GeneratorLoop):
             self.window_pushes += 1
             self.latency.append(now * 1000 - stamp)
             self.stamps_ms.append(stamp - self.w0 * 1000)
+            # A change is known by its user and its send time (the tag), which every
+            # node of a cluster pushes alike; the push's timestamp is the pushing
+            # node's own, so it only names the change when there is no tag.
+            change = f"{stamp:.0f}"
+            tag = buf.find(_TAG, start, end)
+            if tag >= 0:
+                tag += len(_TAG)
+                change = buf[tag : buf.find(b'"', tag, end)].decode()
+                self.e2e.append((now - int(change) / 1e9) * 1000)
             who = buf.find(_USER_ID, start, end)
             if who >= 0:
                 who += len(_USER_ID)
                 user = buf[who : buf.find(b'"', who, end)].decode()
-                self.changes_seen.add(f"{user}@{stamp:.0f}")
-            tag = buf.find(_TAG, start, end)
-            if tag >= 0:
-                tag += len(_TAG)
-                sent = int(buf[tag : buf.find(b'"', tag, end)])
-                self.e2e.append((now - sent / 1e9) * 1000)
+                self.changes_seen.add(f"{user}@{change}")
         return True
 
     def _on_message(self, conn: Conn, message: dict[str, Any], now: float) -> None:
@@ -478,6 +489,8 @@ class LoadGen(GeneratorLoop):
                 self.last_welcome = now
                 if self.record_welcomes:
                     self.welcome_times.append(now)
+                if self.report_ports and conn.sock is not None:
+                    self.ports[conn.user_id] = conn.sock.getsockname()[1]
             interval = float(message.get("heartbeatInterval") or self.heartbeat_interval)
             self.heartbeat_interval = interval
             # Phases spread over the whole interval: the heartbeats of all the

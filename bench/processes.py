@@ -106,18 +106,42 @@ async def _read_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
 
 @define
 class ServerProcess:
-    """The server under test: its pid (for /proc), port and working directory."""
+    """The server under test: its pid (for /proc), port and working directory.
+
+    With ``server.workers`` > 1, ``pid`` is the supervisor's and ``workers`` are
+    the pids of the worker processes that serve; ``companions`` are other
+    processes whose work is the server's (the cluster's Redis), by name. CPU
+    figures count all of them; RSS counts the server's own processes.
+    """
 
     process: trio.Process
     pid: int
     port: int
     workdir: Path
+    workers: list[int] = field(factory=list)
+    companions: list[tuple[str, int]] = field(factory=list)
+
+    @property
+    def node_pids(self) -> list[int]:
+        """The processes that hold connections: the workers, or the server itself."""
+        return self.workers or [self.pid]
+
+    def processes(self) -> list[tuple[str, int]]:
+        """Every process of the server side, by name (``server``, or ``supervisor``
+        and ``worker-1`` ..; then the companions)."""
+        if not self.workers:
+            return [("server", self.pid), *self.companions]
+        named = [(f"worker-{i}", pid) for i, pid in enumerate(self.workers, 1)]
+        return [("supervisor", self.pid), *named, *self.companions]
+
+    def cpu_by_process(self) -> dict[str, float]:
+        return {name: procstat.cpu_seconds(pid) for name, pid in self.processes()}
 
     def cpu_seconds(self) -> float:
-        return procstat.cpu_seconds(self.pid)
+        return sum(self.cpu_by_process().values())
 
     def rss_kb(self) -> int:
-        return procstat.rss_kb(self.pid)
+        return sum(procstat.rss_kb(pid) for pid in (self.pid, *self.workers))
 
     async def terminate(self) -> tuple[float, int | None]:
         """SIGTERM, then wait up to SERVER_STOP_TIMEOUT: the seconds the stop took
@@ -173,6 +197,7 @@ async def open_server_process(
     core: int = 0,
     source: Path | None = None,
     check_exit: bool = True,
+    companions: Sequence[tuple[str, int]] = (),
 ) -> AsyncIterator[ServerProcess]:
     """Run ``bench/server_main.py`` pinned to ``core`` until the block exits.
 
@@ -184,7 +209,10 @@ async def open_server_process(
     is raised (unless the block already raised). With ``check_exit=False``
     the block owns the verdict: a server the block killed or stopped itself
     (``burst``'s kill -9, ``stall``'s timed SIGTERM) is only reaped, and one
-    still running is stopped the same way without the check.
+    still running is stopped the same way without the check. With
+    ``server.workers`` > 1 in ``settings`` the server is a supervisor: its workers
+    are found as its children once it is ready. ``companions`` are counted with
+    the server (see ServerProcess).
     """
     full = {
         "server.port": 0,
@@ -209,7 +237,12 @@ async def open_server_process(
                 break
             else:
                 raise BenchError(f"the server exited early; see {workdir / 'server.stderr'}")
-            server = ServerProcess(process, hello["pid"], hello["port"], workdir)
+            server = ServerProcess(
+                process, hello["pid"], hello["port"], workdir, companions=list(companions)
+            )
+            expected = int(str(full.get("server.workers", 1)))
+            if expected > 1:
+                server.workers = await _find_workers(server.pid, expected)
             # Another process's state: nothing to wait on but its answer.
             while (await http_get(server.port, "/readyz"))[0] != 200:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -223,6 +256,27 @@ async def open_server_process(
     else:
         with trio.CancelScope(shield=True):
             await _stop(process, check=check_exit)
+
+
+async def _find_workers(supervisor: int, expected: int) -> list[int]:
+    """The pids of the supervisor's ``expected`` workers (its children; they all
+    serve once it said so)."""
+    from bench.nodes import children
+
+    found: list[int] = []
+    with trio.move_on_after(SERVER_READY_TIMEOUT):
+        # Another process's state: nothing to wait on but /proc.
+        while len(found := children(supervisor)) != expected:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    if len(found) != expected:
+        raise BenchError(f"the supervisor has {len(found)} worker processes, not {expected}")
+    return sorted(found, key=_worker_index)
+
+
+def _worker_index(pid: int) -> int:
+    """The ``--worker I`` a worker process was started with (its node name has it)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"--worker") + 1]) if b"--worker" in argv else 0
 
 
 async def _stop(process: trio.Process, *, check: bool) -> None:

@@ -200,6 +200,7 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
         workdir = Path(tempfile.mkdtemp(prefix=f"presence-bench-{args.scenario}-"))
         progress.note(f"{args.scenario}: run {number}/{args.repeat} in {workdir}")
         started = time.monotonic()
+        load = os.getloadavg()[0]
         revision = server_revision(args.server_rev)
         failures: list[BaseException] = []
         # Scenarios that vary a parameter across repeats (``burst --kill-after``) read it.
@@ -215,6 +216,8 @@ def _main(args: argparse.Namespace, layout: Layout) -> int:
             print(f"bench: files kept in {workdir}", file=sys.stderr)
             return 1
         result.details["run_seconds"] = time.monotonic() - started
+        # On a shared machine the load beside each run's figures says how much to trust them.
+        result.add("load_average", "load average (1 min) at the run's start", load, "", digits=2)
         result.details["server_revision"] = revision
         runs.append(result)
         if not args.keep:

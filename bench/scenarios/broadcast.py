@@ -68,6 +68,7 @@ from bench.processes import (
     stop_workers,
 )
 from bench.report import Progress, RunResult, percentile
+from bench.scenarios.cluster import WindowProbe
 from bench.scenarios.common import (
     IdleLoad,
     Layout,
@@ -213,11 +214,14 @@ async def measure_changes(
     workdir: Path,
     idle: IdleLoad,
     audience: Audience,
+    probe: WindowProbe | None = None,
 ) -> RunResult:
     """Run the changes (warm-up, then the window of ``args.seconds``) and measure them.
 
     Every worker gets ``start``; the workers that change split ``args.rate``
     between them (the caller put that rate into their specs' ``rate_share``).
+    A ``probe`` (cluster runs) reads its figures at both ends of the window,
+    outside the CPU snapshots.
     """
     t0 = time.time() + 0.5  # room for the command to reach every worker
     w0 = t0 + WARMUP
@@ -226,16 +230,20 @@ async def measure_changes(
         await worker.command("start", t0=t0, w0=w0, w1=w1, rate=args.rate * worker.rate_share)
     progress.status = lambda: _status(server, workers, w0, w1)
     await sleep_until(w0)
+    if probe is not None:
+        await probe.start()
     before = Snapshot.take(server, workers)
     async with open_profiler(server, args.profile, layout, workdir, native=args.native):
         metrics0 = await server.metrics()
         await sleep_until(w1)
         after = Snapshot.take(server, workers)
+    if probe is not None:
+        await probe.stop()
     metrics1 = await server.metrics()
     drain_seconds = await _drain(workers, progress)
     await stop_workers(workers)
     window = Window.between(before, after)
-    result = _figures(workers, window, metrics0, metrics1, layout, idle, audience)
+    result = _figures(workers, window, metrics0, metrics1, layout, idle, audience, probe)
     result.details["drain_seconds"] = drain_seconds
     return result
 
@@ -298,6 +306,7 @@ def _figures(
     layout: Layout,
     idle: IdleLoad,
     audience: Audience,
+    probe: WindowProbe | None = None,
 ) -> RunResult:
     results = [w.result or {} for w in workers]
     watch = [r for w, r in zip(workers, results, strict=True) if w.role == "watch"]
@@ -343,10 +352,11 @@ def _figures(
     result.add("e2e_p50_ms", "end-to-end latency p50", percentile(e2e, 50), "ms")
     result.add("e2e_p99_ms", "end-to-end latency p99", percentile(e2e, 99), "ms")
     result.add("delivered_per_s", "pushes delivered", arrivals / window.seconds, "/s", digits=0)
+    sent = 'presence_messages_out_total{type="user_status_change"}'
     result.add(
         "server_sent_per_s",
         "pushes written by server",
-        rate('presence_messages_out_total{type="user_status_change"}'),
+        probe.rate(sent) if probe is not None and probe.scrapes1 else rate(sent),
         "/s",
         digits=0,
     )
@@ -364,12 +374,17 @@ def _figures(
         above_idle / arrivals * 1e6 if arrivals else None,
         "us",
     )
+    if probe is not None:
+        probe.add_cpu(result, arrivals, "push")
     result.add(
         "idle_server_cpu_share", "server CPU before the changes", idle.share, "core", digits=2
     )
     result.add(
         "delivery_pct", "watcher delivery", received / expected * 100 if expected else None, "%"
     )
+    if probe is not None:
+        probe.add_redis(result, confirmed, "change")
+        probe.add_details(result)
     window.add_to(result, layout)
     messages = sum(r.get("window_messages", 0) for r in results)
     result.add(

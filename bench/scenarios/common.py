@@ -225,6 +225,8 @@ async def open_profiler(
         *("py-spy", "record", "--pid", str(server.pid), "--rate", str(PROFILE_RATE)),
         *("--format", "raw", "--output", str(out)),
         *(("--native",) if native else ()),
+        # A supervisor serves nothing: its workers are what to sample.
+        *(("--subprocesses",) if server.workers else ()),
     )
     with log_file(workdir / "py-spy.log") as log:
         process = await trio.lowlevel.open_process(argv, stdout=log, stderr=log)

@@ -55,7 +55,9 @@ from bench.processes import (
     open_workers,
     stop_workers,
 )
+from bench.redis_server import RedisProcess, open_redis, used_memory
 from bench.report import Progress, RunResult
+from bench.scenarios import cluster
 from bench.scenarios.common import (
     CONNECT_TIMEOUT,
     HEARTBEAT_INTERVAL,
@@ -95,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-storm", action="store_true", help="skip the reconnect storm after the hold"
     )
+    cluster.add_arguments(parser)
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,28 +107,44 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "fanout": args.fanout,
         "storm": not args.no_storm,
         "generator_processes": args.procs,
+        **cluster.parameters(args),
     }
 
 
-def server_settings(args: argparse.Namespace) -> dict[str, object]:
+def server_settings(args: argparse.Namespace, redis: RedisProcess | None) -> dict[str, object]:
     # A session per user, heartbeats from the generator: the defaults fit.
-    return {"presence.fanout": args.fanout}
+    return {"presence.fanout": args.fanout, **cluster.settings(args, redis)}
 
 
 async def run(
     args: argparse.Namespace, workdir: Path, progress: Progress, layout: Layout
 ) -> RunResult:
+    cluster.check(args)
+    core = cluster.redis_core(args, layout)
+    async with open_redis(args.redis, workdir, core=core, flush=args.flush_redis) as redis:
+        return await _run(args, workdir, progress, layout, redis)
+
+
+async def _run(
+    args: argparse.Namespace,
+    workdir: Path,
+    progress: Progress,
+    layout: Layout,
+    redis: RedisProcess | None,
+) -> RunResult:
     users = [f"u{i}" for i in range(args.users)]
     async with AsyncExitStack() as running, trio.open_nursery() as nursery:
         server = await running.enter_async_context(
             open_server_process(
-                server_settings(args),
+                server_settings(args, redis),
                 workdir,
                 core=layout.server_core,
                 source=layout.server_source,
+                companions=cluster.companions(redis),
             )
         )
         rss_before = server.rss_kb()
+        redis_before = None if redis is None else (await used_memory(redis), redis.rss_kb())
         specs = [
             {
                 "host": "127.0.0.1",
@@ -146,6 +165,15 @@ async def run(
             rss_after = server.rss_kb()
             result = _figures(server, workers, before, connected_at, rss_before, rss_after, layout)
             result.details["settle_seconds"] = settle_seconds
+            if redis is not None and redis_before is not None:
+                await _redis_memory(redis, redis_before, result)
+            per_worker = cluster.connections_per_worker(server)
+            placement = cluster.placement(server, layout)
+            result.details.update(connections_per_worker=per_worker, placement=placement)
+            result.details["verdict_lines"] = [
+                cluster.placement_line(placement),
+                "connections per node: " + ", ".join(f"{k} {v:,}" for k, v in per_worker.items()),
+            ]
             idle_profile = None if args.profile is None else args.profile.with_suffix(".idle.raw")
             async with open_profiler(server, idle_profile, layout, workdir, native=args.native):
                 await _hold(server, workers, progress, result)
@@ -155,7 +183,9 @@ async def run(
             if not args.no_storm:
                 # SIGTERM, and the first server must exit 0 before the second starts.
                 await running.aclose()
-                await _storm(args, server, workers, progress, layout, workdir, running, result)
+                await _storm(
+                    args, server, workers, progress, layout, workdir, running, result, redis
+                )
             await stop_workers(workers)
             result.details["workers"] = [w.result for w in workers]
         nursery.cancel_scope.cancel()
@@ -171,18 +201,26 @@ async def _storm(
     workdir: Path,
     running: AsyncExitStack,
     result: RunResult,
+    redis: RedisProcess | None,
 ) -> None:
     """Start a new server where ``stopped`` was and time every client's return."""
     connected = sum((w.connected or {}).get("connected", 0) for w in workers)
     restart = workdir / "restart"
     restart.mkdir()
     settings = {
-        **server_settings(args),
+        # The same Redis, if any: the new server joins the cluster the old one left.
+        **server_settings(args, redis),
         "server.port": stopped.port,
         "persistence.path": str(workdir / "presence.db"),
     }
     server = await running.enter_async_context(
-        open_server_process(settings, restart, core=layout.server_core, source=layout.server_source)
+        open_server_process(
+            settings,
+            restart,
+            core=layout.server_core,
+            source=layout.server_source,
+            companions=cluster.companions(redis),
+        )
     )
     ready_at = time.time()
     cpu_at_ready = server.cpu_seconds()
@@ -233,8 +271,11 @@ async def _storm(
 async def _hold(
     server: ServerProcess, workers: list[WorkerProcess], progress: Progress, result: RunResult
 ) -> None:
-    """Hold the idle connections for HOLD_SECONDS: what heartbeats alone cost the server."""
+    """Hold the idle connections for HOLD_SECONDS: what heartbeats alone cost the server
+    (every server-side process: with workers and Redis, each is shown too)."""
+    cpu0 = server.cpu_by_process()
     idle = await measure_idle(server, workers, progress, HOLD_SECONDS)
+    cpu1 = server.cpu_by_process()
     result.add(
         "idle_server_cpu_share", "server CPU, connections idle", idle.share, "core", digits=2
     )
@@ -245,6 +286,36 @@ async def _hold(
         "us",
         digits=0,
     )
+    if len(cpu1) > 1:
+        for name, used in cpu1.items():
+            result.add(
+                f"cpu_per_heartbeat_us_{name.replace('-', '_')}",
+                f"  of which {name}",
+                (used - cpu0.get(name, 0.0)) / idle.heartbeats * 1e6 if idle.heartbeats else None,
+                "us",
+                digits=0,
+            )
+
+
+async def _redis_memory(redis: RedisProcess, before: tuple[int, int], result: RunResult) -> None:
+    """What the connected users cost Redis: ``used_memory`` (its data) and its RSS."""
+    connected = max(int(result.figures[0].value or 0), 1)
+    used = await used_memory(redis)
+    result.add(
+        "redis_used_memory_per_user_kb",
+        "Redis memory (used_memory) per connected user",
+        (used - before[0]) / 1024 / connected,
+        "KB",
+        digits=2,
+    )
+    if redis.pid is not None:
+        result.add(
+            "redis_rss_per_user_kb",
+            "Redis RSS per connected user",
+            (redis.rss_kb() - before[1]) / connected,
+            "KB",
+            digits=2,
+        )
 
 
 def _figures(

@@ -31,7 +31,9 @@ from typing import Any
 import trio
 
 from bench.processes import open_server_process, open_workers
+from bench.redis_server import RedisProcess, open_redis
 from bench.report import Progress, RunResult
+from bench.scenarios import cluster
 from bench.scenarios.broadcast import Audience, measure_changes
 from bench.scenarios.common import Layout, measure_idle, settle, split, wait_connected
 from presence_actors.persistence import Batch, ContactAdded, Store
@@ -58,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="measured window")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="contact graph seed")
+    cluster.add_arguments(parser)
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,6 +71,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "seed": args.seed,
         "generator_processes": args.procs,
+        **cluster.parameters(args),
     }
 
 
@@ -102,19 +106,52 @@ def seed_contacts(path: Path, graph: dict[str, set[str]]) -> int:
     return batch.intents
 
 
+async def seed_contacts_redis(redis: RedisProcess, graph: dict[str, set[str]]) -> int:
+    """Write ``graph`` into the cluster's Redis as a node writes back its policy
+    (before any node starts, so every node loads it); the number of pairs."""
+    from presence_actors.cluster import policy_store
+    from presence_actors.cluster.client import RedisTarget, make_client
+
+    async with make_client(RedisTarget.parse(redis.url), False) as client:
+        await policy_store.write_back(client, {}, graph, {})
+    return sum(len(contacts) for contacts in graph.values()) // 2
+
+
 async def run(
     args: argparse.Namespace, workdir: Path, progress: Progress, layout: Layout
 ) -> RunResult:
+    cluster.check(args)
     users = [f"u{i}" for i in range(args.users)]
     progress.note(f"fanout: seeding {args.users:,} users with ~{args.contacts} contacts each")
     graph = contact_graph(users, args.contacts, args.seed)
-    pairs = await trio.to_thread.run_sync(seed_contacts, workdir / "presence.db", graph)
+    core = cluster.redis_core(args, layout)
+    async with open_redis(args.redis, workdir, core=core, flush=args.flush_redis) as redis:
+        if redis is None:
+            pairs = await trio.to_thread.run_sync(seed_contacts, workdir / "presence.db", graph)
+        else:
+            pairs = await seed_contacts_redis(redis, graph)
+        result = await _measure(args, workdir, progress, layout, redis, users, graph)
+    result.details["contact_pairs"] = pairs
+    result.details["mean_degree"] = 2 * pairs / max(len(users), 1)
+    return result
+
+
+async def _measure(
+    args: argparse.Namespace,
+    workdir: Path,
+    progress: Progress,
+    layout: Layout,
+    redis: RedisProcess | None,
+    users: list[str],
+    graph: dict[str, set[str]],
+) -> RunResult:
     async with (
         open_server_process(
-            {"presence.fanout": "contacts"},
+            {"presence.fanout": "contacts", **cluster.settings(args, redis)},
             workdir,
             core=layout.server_core,
             source=layout.server_source,
+            companions=cluster.companions(redis),
         ) as server,
         trio.open_nursery() as nursery,
     ):
@@ -127,11 +164,14 @@ async def run(
                 "rate_share": len(part) / len(users),
                 "users": part,
                 "samples": str(workdir / f"samples-{i}"),
+                "report_ports": True,
             }
             for i, part in enumerate(split(users, args.procs))
         ]
         async with open_workers(nursery, specs, workdir, core=layout.generator_core) as workers:
             await wait_connected(workers, progress)
+            where = cluster.users_by_node(server, workers)
+            per_worker = cluster.connections_per_worker(server)
             settle_seconds = await settle(server, workers, progress)
             idle = await measure_idle(server, workers, progress, IDLE_SECONDS)
             audience = Audience(
@@ -139,11 +179,29 @@ async def run(
                 latency_aim_ms=LATENCY_AIM_MS,
                 cpu_aim_us=CPU_AIM_US,
             )
+            probe = cluster.WindowProbe(server, redis)
             result = await measure_changes(
-                args, server, workers, progress, layout, workdir, idle, audience
+                args, server, workers, progress, layout, workdir, idle, audience, probe
             )
+            placement = cluster.placement(server, layout)
         nursery.cancel_scope.cancel()
+    # Each change pushed in the window once ("user@timestamp"), whoever saw it.
+    seen = {key for w in workers for key in (w.result or {}).get("changes_seen", ())}
+    crossed, due = cluster.crossing(graph, where, [key.rpartition("@")[0] for key in seen])
+    result.add(
+        "cross_node_share_pct",
+        "deliveries that crossed nodes",
+        crossed / due * 100 if due else None,
+        "%",
+    )
     result.details["settle_seconds"] = settle_seconds
-    result.details["contact_pairs"] = pairs
-    result.details["mean_degree"] = 2 * pairs / max(len(users), 1)
+    result.details["connections_per_worker"] = per_worker
+    result.details["placement"] = placement
+    result.details.setdefault("verdict_lines", []).extend(
+        [
+            cluster.placement_line(placement),
+            "connections per node: " + ", ".join(f"{k} {v:,}" for k, v in per_worker.items()),
+            *cluster.summary_lines(result.details),
+        ]
+    )
     return result

@@ -39,6 +39,21 @@ class Listed:
     fragments: list[bytes]
 
 
+def without_invisible_devices(view: UserView) -> UserView:
+    """``view`` as others see it: invisible devices are the user's own business."""
+    if any(d.status is Status.OFFLINE for d in view.devices):
+        devices = tuple(d for d in view.devices if d.status is not Status.OFFLINE)
+        return UserView(
+            view.user_id,
+            view.status,
+            view.username,
+            view.status_message,
+            view.last_seen,
+            devices,
+        )
+    return view
+
+
 class Queries:
     def __init__(self, directory: Directory, policy: Policy) -> None:
         self.directory = directory
@@ -53,18 +68,7 @@ class Queries:
         view = self.directory.public(user_id)
         if view is None:
             return unknown_user(user_id)
-        if any(d.status is Status.OFFLINE for d in view.devices):
-            # Invisible devices are the user's own business.
-            devices = tuple(d for d in view.devices if d.status is not Status.OFFLINE)
-            return UserView(
-                view.user_id,
-                view.status,
-                view.username,
-                view.status_message,
-                view.last_seen,
-                devices,
-            )
-        return view
+        return without_invisible_devices(view)
 
     async def views_for(
         self, watcher: str | None, user_ids: tuple[str, ...] | list[str], turn: Turn

@@ -13,11 +13,11 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..cluster.wire import MergedView
-from ..model import Status, UserView, unknown_user
+from ..model import UserView, unknown_user
 from ..protocol import ErrorCode, ProtocolError
 from .directory import decode_cursor, encode_cursor
 from .messages import ListQuery, UserPage
-from .queries import MAX_PAGE, Queries
+from .queries import MAX_PAGE, Queries, without_invisible_devices
 
 if TYPE_CHECKING:
     from ..cluster.link import ClusterLink
@@ -52,18 +52,7 @@ class RemoteReads:
             return unknown_user(user_id)
         if watcher == user_id:
             return merged.view
-        view = merged.public
-        if any(d.status is Status.OFFLINE for d in view.devices):
-            devices = tuple(d for d in view.devices if d.status is not Status.OFFLINE)
-            view = UserView(
-                view.user_id,
-                view.status,
-                view.username,
-                view.status_message,
-                view.last_seen,
-                devices,
-            )
-        return view
+        return without_invisible_devices(merged.public)
 
     async def views(self, watcher: str | None, user_ids: list[str]) -> list[UserView]:
         remote = [u for u in dict.fromkeys(user_ids) if not self._holds(u)]

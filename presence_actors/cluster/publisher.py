@@ -12,12 +12,14 @@ a batch is on its way: only the latest goes next.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import trio
 from attrs import define, evolve, frozen
+from coredis.exceptions import NoScriptError
 from coredis.tokens import PureToken
 
 from . import keys
@@ -30,6 +32,13 @@ BATCH = 256
 # Events kept per user (a user's history) and in the operators' audit stream.
 EVENTS_PER_USER = 1000
 AUDIT_EVENTS = 10_000
+# Batches start at most this often. Under load, reports gather for up to this long
+# and share a pipeline: a round trip costs this client several times what one more
+# command in it does (docs/PERFORMANCE.md, issue 12). A change after a quiet spell
+# goes at once.
+BATCH_INTERVAL = 0.01
+# A merge's reply when Redis did not have the script.
+_NO_SCRIPT = object()
 
 
 class Fenced(Exception):
@@ -77,19 +86,25 @@ class Merger:
         first: Callable[[Any], None] | None = None,
     ) -> list[MergedView | None]:
         """Merge each (None where the node was fenced); one round trip for the merges
-        (after what ``first`` puts in the same pipeline) and one for the read model."""
+        (after what ``first`` puts in the same pipeline) and one for the read model.
+
+        The script is called by its digest (EVALSHA) without asking Redis first
+        whether it has it: coredis's script object would ask (SCRIPT EXISTS) before
+        every pipeline, a round trip of its own. A Redis that lost it (restarted,
+        failed over, flushed) answers NOSCRIPT: it is loaded then, and those merges,
+        and only those, run again."""
         now = self._now_ms()
-        replies = []
-        async with client.pipeline(transaction=False) as pipe:
-            if first is not None:
-                first(pipe)
-            for merge in merges:
-                replies.append(
-                    script(keys=_keys(merge.user_id), args=self._args(merge, now), client=pipe)
-                )
+        raws = await self._merge(client, script, merges, now, first)
+        missing = [i for i, raw in enumerate(raws) if raw is _NO_SCRIPT]
+        if missing:
+            await client.script_load(script.script)
+            again = await self._merge(client, script, [merges[i] for i in missing], now, None)
+            for i, raw in zip(missing, again, strict=True):
+                if raw is _NO_SCRIPT:
+                    raise NoScriptError("Redis lost the merge script again while loading it")
+                raws[i] = raw
         views: list[MergedView | None] = []
-        for merge, reply in zip(merges, replies, strict=True):
-            raw = await reply
+        for merge, raw in zip(merges, raws, strict=True):
             views.append(None if raw is None else decode_merged(raw, merge.user_id))
         self.merges += len(merges)
         async with client.pipeline(transaction=False) as pipe:
@@ -113,6 +128,36 @@ class Merger:
                         trim_operator=PureToken.APPROXIMATELY,
                     )
         return views
+
+    async def _merge(
+        self,
+        client: Any,
+        script: Any,
+        merges: list[Merge],
+        now: int,
+        first: Callable[[Any], None] | None,
+    ) -> list[Any]:
+        """One pipeline: what ``first`` adds, then EVALSHA per merge; each merge's raw
+        reply, or _NO_SCRIPT where Redis did not have the script. Any other error
+        propagates."""
+        replies = []
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                if first is not None:
+                    first(pipe)
+                for merge in merges:
+                    replies.append(
+                        pipe.evalsha(script.sha, _keys(merge.user_id), self._args(merge, now))
+                    )
+        except NoScriptError:
+            pass  # the first error of the pipeline; each reply says whether it is its own
+        raws: list[Any] = []
+        for reply in replies:
+            try:
+                raws.append(await reply)
+            except NoScriptError:
+                raws.append(_NO_SCRIPT)
+        return raws
 
     def _args(self, merge: Merge, now: int) -> list[Any]:
         channel = keys.channel(merge.user_id) if self._contacts_mode else keys.EVERYONE
@@ -186,12 +231,17 @@ class Publisher:
     async def run(self, client: Any, script: Any) -> None:
         """Publish until cancelled or Redis fails (the exception propagates; what was
         taken is put back unless a newer report replaced it). Raises Fenced when the
-        other nodes took this one for dead."""
+        other nodes took this one for dead. A batch starts BATCH_INTERVAL after the
+        previous one started at the earliest."""
+        next_batch = -math.inf
         while True:
             if not self._pending:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
+            if trio.current_time() < next_batch:
+                await trio.sleep_until(next_batch)
+            next_batch = trio.current_time() + BATCH_INTERVAL
             users = list(self._pending)[:BATCH]
             batch = [self._pending.pop(user) for user in users]
             self._profiles_in_flight = {r.user_id for r in batch if r.profile is not None}

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 import trio
 from coredis.retry import NoRetryPolicy
 
@@ -52,7 +53,14 @@ class Subscriber:
         self._interest: Counter[str] = Counter()
         self._subscribed: set[str] = set()
         self._changed = trio.Event()
-        self.received = 0  # messages taken from pub/sub (metrics)
+        # This node's own changes come back on the channels it follows; merge.lua
+        # writes the origin as ``,"o":<JSON string>,`` (quotes inside a string value
+        # are escaped, so no value can contain this). Found in the bytes, an echo is
+        # dropped without being decoded. A name JSON writes differently (cjson
+        # escapes "/") is not found, and its echoes are dropped after decoding.
+        self._echo = b',"o":' + orjson.dumps(node) + b","
+        self.received = 0  # changes taken from pub/sub made by other nodes (metrics)
+        self.echoes = 0  # this node's own changes coming back
 
     @property
     def interest(self) -> int:
@@ -112,12 +120,18 @@ class Subscriber:
                 message = await pubsub.get_message()
                 if message is None or message["type"] not in ("message", "smessage"):
                     continue
+                data = message["data"]
+                # This node's own changes come back with their merge's reply, which
+                # knows the session that caused them.
+                if self._echo in data:
+                    self.echoes += 1
+                    continue
+                merged = decode_merged(data)
+                if merged.origin == self._node:
+                    self.echoes += 1
+                    continue
                 self.received += 1
-                merged = decode_merged(message["data"])
-                if merged.origin != self._node:
-                    # This node's own changes come back with their merge's reply,
-                    # which knows the session that caused them.
-                    await self._on_merged(merged, None)
+                await self._on_merged(merged, None)
 
     async def _follow_interest(self, client: Any, pubsub: Any) -> None:
         while True:
