@@ -213,7 +213,7 @@ class World:
 
     def _knows_own_status(self, session: SimSession, now: float) -> None:
         """Activity that brings its user back from away is not pushed to the session
-        that made it (PROTOCOL_NOTES: it "got the reply"; the page asks for its own
+        that made it (docs/PROTOCOL.md: it "got the reply"; the page asks for its own
         row instead): that client knows its status, nothing more."""
         status = self.truth.status(session.user_id, now)
         self.told_own(session, lambda known: (status, known[1], known[2]))
