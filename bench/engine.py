@@ -31,7 +31,15 @@ from bench import persistence as persistence_bench
 from presence_actors.actors import MemoryOutbox, SessionHandle, open_engine
 from presence_actors.config import Settings
 from presence_actors.model import DeviceType, Status
-from presence_actors.protocol import Push, PushBatch, SetStatus, Subscribe, Welcome
+from presence_actors.protocol import (
+    Error,
+    Push,
+    PushBatch,
+    SetStatus,
+    StatusUpdated,
+    Subscribe,
+    Welcome,
+)
 
 
 def _settings(path: Path) -> Settings:
@@ -58,7 +66,9 @@ def _pushes(item: object) -> tuple[Push, ...]:
     return (item,) if isinstance(item, Push) else ()
 
 
-async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> dict[str, float]:
+async def _engine_run(
+    changes: int, users: int, watchers: int, window: int, path: Path
+) -> dict[str, float]:
     settings = _settings(path)
     statuses = (Status.BUSY, Status.ONLINE)
     # A fan-out tick keeps one push per user, so a user changed twice within one tick
@@ -89,7 +99,11 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
                         batch.append(outbox.receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                if not counts or not counting:
+                if not counts:
+                    for _ in range(sum(isinstance(i, (StatusUpdated, Error)) for i in batch)):
+                        in_flight.release()
+                    continue
+                if not counting:
                     continue
                 for push in (push for item in batch for push in _pushes(item)):
                     user_id, status = push.view.user_id, push.view.status
@@ -103,24 +117,28 @@ async def _engine_run(changes: int, users: int, watchers: int, path: Path) -> di
                     all_pushed.set()
 
         counting = False
+        # Clients wait for their acknowledgements: at most this many changes in flight
+        # (a flood of unanswered requests would only measure the actors' inboxes).
+        in_flight = trio.Semaphore(window)
         user_ids = tuple(f"u{i}" for i in range(users))
+        # Watchers read from the start: the users' connect pushes alone would fill an
+        # outbox left unread (1 MiB), and the engine would drop the watcher as slow.
         watcher_handles = [await attach(f"w{i}") for i in range(watchers)]
         for handle in watcher_handles:
-            await engine.request(handle, Subscribe(user_ids=user_ids))
-        user_handles = [await attach(user_id) for user_id in user_ids]
-        await trio.sleep(1)  # let the connect pushes and their commits pass
-        for handle in watcher_handles:
             assert isinstance(handle.outbox, MemoryOutbox)
+            await engine.request(handle, Subscribe(user_ids=user_ids))
             nursery.start_soon(drain, handle.outbox, True)
+        user_handles = [await attach(user_id) for user_id in user_ids]
         for handle in user_handles:
             assert isinstance(handle.outbox, MemoryOutbox)
             nursery.start_soon(drain, handle.outbox, False)
-        await trio.sleep(0.1)
+        await trio.sleep(1)  # let the connect pushes and their commits pass
         counting = True
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(changes):
             handle = user_handles[i % users]
             status = statuses[(i // users) % 2]
+            await in_flight.acquire()
             await engine.request(handle, SetStatus(status=status))
         with trio.fail_after(600):  # a miscount must end the run, not hang it
             await all_pushed.wait()
@@ -142,13 +160,16 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--watchers", type=int, default=10)
+    parser.add_argument("--window", type=int, default=100, help="changes in flight")
     parser.add_argument("--rows", type=int, default=20_000, help="persistence rows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory() as tmp:
-        engine = trio.run(_engine_run, args.changes, args.users, args.watchers, Path(tmp))
+        engine = trio.run(
+            _engine_run, args.changes, args.users, args.watchers, args.window, Path(tmp)
+        )
     with tempfile.TemporaryDirectory() as tmp:
         persistence = persistence_bench.run(args.rows, Path(tmp))
     results = {"engine": engine, "persistence": persistence}
