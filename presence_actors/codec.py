@@ -7,6 +7,7 @@ carrying the code the client is told. Unknown extra fields are ignored.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -323,26 +324,43 @@ def _splice(message: p.ServerMessage, pieces: list[bytes]) -> bytes:
 
 
 class _Prepared:
-    """Bulk answers encoded ahead of their transport, by message identity, bounded in bytes."""
+    """Bulk answers encoded ahead of their transport, by message identity, bounded in bytes.
+
+    An entry lives only as long as its message: the answers of a connection
+    closed before taking them (a slow reader's cleared outbox) are freed with
+    it, not kept until the byte bound pushes them out.
+    """
 
     def __init__(self, most_bytes: int) -> None:
         self._most = most_bytes
-        self._entries: dict[int, tuple[p.ServerMessage, bytes]] = {}
+        self._entries: dict[int, tuple[weakref.ref[p.ServerMessage], bytes]] = {}
         self._bytes = 0
 
     def put(self, message: p.ServerMessage, data: bytes) -> None:
-        self._drop(id(message))
-        self._entries[id(message)] = (message, data)
+        key = id(message)
+        self._drop(key)
+        # The callback holds the key, not the message; it drops only its own entry,
+        # not one a later message with the same id() made.
+        self._entries[key] = (weakref.ref(message, lambda ref: self._forget(key, ref)), data)
         self._bytes += len(data)
         while self._bytes > self._most and len(self._entries) > 1:
             self._drop(next(iter(self._entries)))
 
     def take(self, message: p.ServerMessage) -> bytes | None:
         entry = self._entries.get(id(message))
-        if entry is None or entry[0] is not message:
+        if entry is None or entry[0]() is not message:
             return None
         self._drop(id(message))
         return entry[1]
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def _forget(self, key: int, ref: weakref.ref[p.ServerMessage]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            self._drop(key)
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key, None)

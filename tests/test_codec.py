@@ -87,3 +87,29 @@ def test_pushes_and_replies_cost_their_size_while_they_wait_in_outboxes() -> Non
         return codec.encode_bytes(p.HeartbeatAck(timestamp=index, next_heartbeat_in_seconds=30))
 
     assert _retained_per_object(ack) < 600
+
+
+def test_a_bulk_answer_never_taken_is_freed_with_its_message() -> None:
+    # The soak's slow readers were closed before taking the big answers they asked
+    # for; the bytes prepared for those answers stayed until the 32 MiB bound.
+    import tracemalloc
+
+    views = [UserView(f"user-{index}", Status.ONLINE, last_seen=index) for index in range(200)]
+    pieces = [codec.view_fragment(view) for view in views]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for request in range(50):
+            answer = p.AllUsers(
+                timestamp=1, request_id=str(request), users=tuple(views), next_cursor=None
+            )
+            codec.prepare_bulk(answer, pieces)
+            del answer  # the closed connection's outbox is dropped, and its answer with it
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 50_000, f"{retained:,} bytes kept for 50 answers nobody will send"
+    # One that is sent is still taken as prepared.
+    answer = p.AllUsers(timestamp=1, request_id="kept", users=tuple(views), next_cursor=None)
+    codec.prepare_bulk(answer, pieces)
+    assert orjson.loads(codec.encode_bytes(answer))["requestId"] == "kept"
