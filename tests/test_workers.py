@@ -261,7 +261,10 @@ async def test_a_port_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
                 tmp_path, "serve", "--config", str(config), "--workers", "2", "--port", port
             )
     assert done.returncode == 1
-    assert done.stderr == "presence-actors: [Errno 98] Address already in use\n"
+    assert done.stderr == (
+        f"presence-actors: cannot listen on 127.0.0.1:{port} (server.host, server.port): the"
+        " port is in use by another process (stop it, or choose another server.port or --port)\n"
+    )
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ No I/O here but channels and the clock; transports live in ``gateway``.
 """
 
 from .clock import WallClock
-from .engine import Engine, open_engine
+from .engine import Engine, Seams, open_engine
 from .messages import (
     EngineStats,
     ListQuery,
@@ -25,6 +25,7 @@ __all__ = [
     "MemoryOutbox",
     "Outbox",
     "PolicyQuery",
+    "Seams",
     "SessionHandle",
     "StatsQuery",
     "UserPage",

@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import attrs
 import trio
+from attrs import frozen
 
 from ..config import Settings
 from ..model import Status, UserView
@@ -24,7 +26,13 @@ from ..persistence.backlog import Loss
 from ..persistence.intents import Intent, PresenceEvent, PresenceRow
 from ..persistence.queries import EventRecord, open_reader
 from ..persistence.store import BatchResult, Store, StoredUser
-from ..persistence.writer import PersistenceActor, WriterStatistics, WritesLost
+from ..persistence.writer import (
+    PersistenceActor,
+    RunBlocking,
+    WriterStatistics,
+    WritesLost,
+    in_thread,
+)
 from ..protocol import ClientMessage, Heartbeat, HeartbeatAck, ProtocolError
 from .clock import WallClock
 from .directory import Directory
@@ -189,12 +197,29 @@ class Engine:
         return answer
 
 
+@frozen
+class Seams:
+    """Testing seams of :func:`open_engine`; a server uses the defaults.
+
+    ``run_blocking`` runs every blocking store call (opening, loading, recovery,
+    commits, checkpoints, pruning), shaped like ``trio.to_thread.run_sync``.
+    ``before_transition`` is called in a user actor before each transition
+    (see :attr:`~.user_state.Rules.before_transition`). The deterministic
+    simulation (:mod:`presence_actors.testing`) runs store calls inline, so no
+    worker thread races its scheduler, and crashes actors through the hook.
+    """
+
+    run_blocking: RunBlocking = in_thread
+    before_transition: Callable[[str, object], None] | None = None
+
+
 @asynccontextmanager
 async def open_engine(
     settings: Settings,
     *,
     clock: WallClock | None = None,
     on_commit: Callable[[BatchResult, float], None] | None = None,
+    seams: Seams | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -219,13 +244,15 @@ async def open_engine(
         async with open_cluster_engine(settings, clock) as engine:
             yield engine
         return
-    store = await trio.to_thread.run_sync(Store.open, settings.persistence.path)
+    seams = seams or Seams()
+    run_blocking = seams.run_blocking
+    store = await run_blocking(Store.open, settings.persistence.path)
     writer: PersistenceActor | None = None
     try:
-        users = await trio.to_thread.run_sync(store.load_users)
-        contacts = await trio.to_thread.run_sync(store.load_contacts)
-        blocks = await trio.to_thread.run_sync(store.load_blocks)
-        recovery = await _recover(store, users, clock.now_ms())
+        users = await run_blocking(store.load_users)
+        contacts = await run_blocking(store.load_contacts)
+        blocks = await run_blocking(store.load_blocks)
+        recovery = await _recover(store, users, clock.now_ms(), run_blocking)
         directory = Directory()
         for u in users:
             view = UserView(u.user_id, Status.OFFLINE, u.username, u.status_message, u.last_seen)
@@ -248,10 +275,14 @@ async def open_engine(
             now_ms=clock.now_ms,
             on_commit=on_commit,
             shutdown_timeout=settings.server.graceful_timeout,
+            run_blocking=run_blocking,
         )
+        rules = Rules.from_settings(settings, clock)
+        if seams.before_transition is not None:
+            rules = attrs.evolve(rules, before_transition=seams.before_transition)
         registry = Registry(
             settings,
-            Rules.from_settings(settings, clock),
+            rules,
             writer,
             directory=directory,
             policy=policy,
@@ -278,7 +309,7 @@ async def open_engine(
 
 
 async def _recover(
-    store: Store, users: list[StoredUser], now_ms: int
+    store: Store, users: list[StoredUser], now_ms: int, run_blocking: RunBlocking
 ) -> tuple[str, list[Intent]] | None:
     """Record the users an unclean stop left shown online as offline (``restart``).
 
@@ -286,7 +317,7 @@ async def _recover(
     same records as intents for the writer, with the error, and a warning.
     """
     try:
-        recovered = await trio.to_thread.run_sync(store.recover, now_ms)
+        recovered = await run_blocking(store.recover, now_ms)
     except sqlite3.OperationalError as exc:
         left = [u for u in users if u.last_status is not Status.OFFLINE]
         log.warning(

@@ -88,7 +88,11 @@ class Fanout:
         self, user_id: str, shown: Push | None, own: Push | None, cause: SessionHandle | None
     ) -> None:
         """A change to push; ``cause`` (the session that made it, if any) got a reply."""
-        self._pending.pop(user_id, None)  # the latest change of a user goes last
+        earlier = self._pending.pop(user_id, None)  # the latest change of a user goes last
+        if earlier is not None and earlier.cause is not cause:
+            # The push carries the earlier change too, which this cause's reply did
+            # not tell it (nor the earlier cause this one): nobody is skipped.
+            cause = None
         self._pending[user_id] = _Change(shown, own, cause)
 
     def due(self, now: float) -> bool:

@@ -109,8 +109,10 @@ class UserActor:
 
         Each message is applied completely (state, then effects in order) before
         the next. An exception leaves ``self.state`` at the last committed
-        state, so calling ``run`` again resumes from there.
+        state, so calling ``run`` again resumes from there, timers included: a
+        restart sets the alarm again (the crash may have spent the one that rang).
         """
+        self._alarms.ensure(self.state.user_id, self.deadline, self)
         while True:
             try:
                 message = await self._inbox.receive()
@@ -133,11 +135,15 @@ class UserActor:
     async def _handle(self, message: ActorMessage) -> None:
         state, now, rules = self.state, trio.current_time(), self._rules
         if isinstance(message, Tick):
+            if rules.before_transition is not None:
+                rules.before_transition(state.user_id, message)
             await self._apply(rules_.expire(state, now, rules))  # a no-op if nothing is due
             return
         if not isinstance(message, Told):
             self.processed += 1
         try:
+            if rules.before_transition is not None:
+                rules.before_transition(state.user_id, message)
             match message:
                 case Attach(session):
                     outcome = rules_.attach(state, session, now, rules)
@@ -150,11 +156,14 @@ class UserActor:
                 case Request(session, body) | Told(session, body):
                     outcome = rules_.request(state, session, body, now, rules)
         except Exception:
-            if isinstance(message, Request | Told):
+            if isinstance(message, Request | Told | Attach):
+                # An attach refused this way is the session's first message: its
+                # transport closes it, rather than wait for a welcome for ever.
+                request = None if isinstance(message, Attach) else message.message.request_id
                 message.session.deliver(
                     Error(
                         timestamp=rules.clock.ms(now),
-                        request_id=message.message.request_id,
+                        request_id=request,
                         code=ErrorCode.INTERNAL,
                         message="internal error; the request was not applied",
                     )

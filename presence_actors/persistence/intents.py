@@ -22,7 +22,7 @@ class PresenceRow:
     last_seen: int | None
     updated_at: int
     # The username and status message others see, when they differ: those an
-    # invisible user last showed while visible (PROTOCOL_NOTES, "appear offline").
+    # invisible user last showed while visible (docs/PROTOCOL.md, "appear offline").
     shown: tuple[str | None, str | None] | None = None
 
 

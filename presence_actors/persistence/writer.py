@@ -18,6 +18,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 from attrs import frozen
@@ -37,6 +38,21 @@ RETRY_MAX_DELAY = 5.0
 # A stop whose deadline has passed still gets this long for a last attempt: the
 # shutdown records of sessions that ended late need one commit of milliseconds.
 LAST_ATTEMPT = 1.0
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class RunBlocking(Protocol):
+    """How the store's blocking calls run: ``trio.to_thread.run_sync`` (the default),
+    or inline in the deterministic simulation (a seam)."""
+
+    async def __call__(self, fn: Callable[[*Ts], T], /, *args: *Ts) -> T: ...
+
+
+async def in_thread(fn: Callable[[*Ts], T], /, *args: *Ts) -> T:
+    """``trio.to_thread.run_sync``, looked up at each call (tests may replace it)."""
+    return await trio.to_thread.run_sync(fn, *args)
 
 
 class WriterNotRunning(RuntimeError):
@@ -84,6 +100,8 @@ class PersistenceActor:
     :class:`WriterNotRunning`. ``on_commit(result, seconds)`` runs in the
     committer task after each successful commit (``seconds`` is wall time spent
     in the thread); it must not block, and an exception from it crashes the writer.
+    ``run_blocking`` runs each store call (commit, checkpoint, prune); it must
+    finish the call even when cancelled, as ``trio.to_thread.run_sync`` does.
     """
 
     def __init__(
@@ -94,6 +112,7 @@ class PersistenceActor:
         now_ms: Callable[[], int],
         on_commit: Callable[[BatchResult, float], None] | None = None,
         shutdown_timeout: float = 5.0,
+        run_blocking: RunBlocking = in_thread,
     ) -> None:
         if settings.batch_size < 1 or settings.queue_size < 1:
             raise ValueError("persistence.batch_size and persistence.queue_size must be >= 1")
@@ -104,6 +123,7 @@ class PersistenceActor:
         self._now_ms = now_ms
         self._on_commit = on_commit
         self._shutdown_timeout = shutdown_timeout
+        self._run_blocking = run_blocking
         self._backlog = Backlog(
             max_items=settings.queue_size,
             max_bytes=settings.queue_bytes,
@@ -272,7 +292,7 @@ class PersistenceActor:
         while held.batch.intents:
             started = time.perf_counter()
             try:
-                result = await trio.to_thread.run_sync(self._store.commit, held.batch)
+                result = await self._run_blocking(self._store.commit, held.batch)
             except sqlite3.OperationalError as exc:
                 failures += 1
                 self._commit_failures += 1
@@ -322,7 +342,7 @@ class PersistenceActor:
         if store.wal_bytes() < self._settings.checkpoint_bytes:
             return
         try:
-            done = await trio.to_thread.run_sync(store.checkpoint)
+            done = await self._run_blocking(store.checkpoint)
         except sqlite3.OperationalError as exc:
             if not self._checkpoint_failing:
                 logger.warning("checkpointing the WAL failed (%s); retrying after commits", exc)
@@ -334,7 +354,7 @@ class PersistenceActor:
     async def _prune(self) -> None:
         cutoff = self._now_ms() - round(self._settings.retention * 1000)
         try:
-            pruned = await trio.to_thread.run_sync(self._store.prune_events, cutoff)
+            pruned = await self._run_blocking(self._store.prune_events, cutoff)
         except sqlite3.OperationalError as exc:
             logger.warning(
                 "pruning presence events failed (%s); next attempt in %.0f s",

@@ -5,6 +5,7 @@ import { PresenceSession } from "./session.js";
 import { STATUS_LABELS, UserList, compareUsers } from "./render.js";
 
 const USER_ID = /^[A-Za-z0-9_.:@-]{1,128}$/;
+const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 const PAGE_SIZE = 1000;
 const MAX_USERS = 5000; // beyond this the page is the wrong tool; say so
 const REFRESH_DELAY_MS = 250; // pushes in a burst share one get_presence
@@ -60,10 +61,17 @@ const list = new UserList({
   offlineEmpty: $("offline-empty"),
 });
 
+// The badge is counted from the very rows just rendered, in the same call, so
+// it can never disagree with the list (asking the server for the count after
+// each push left it a request behind). Past MAX_USERS, when every row loaded
+// is online, there may be more than it shows: "5000+ online".
 function render() {
   const sorted = Array.from(users.values()).sort(compareUsers);
   list.render(sorted, { query: $("search").value.trim(), me, nowMs: session.now() });
   $("truncated").hidden = !truncated;
+  const online = sorted.filter((user) => user.online).length;
+  const more = truncated && online === sorted.length ? "+" : "";
+  $("count").textContent = `${online}${more} online`;
 }
 
 // --- the connection indicator ----------------------------------------------------
@@ -106,16 +114,9 @@ async function loadAll() {
   for (const [userId, user] of fresh) users.set(userId, user);
   render();
   reflectMine();
-  await refreshCount();
 }
 
-async function refreshCount() {
-  const reply = await session.request({ type: "get_online_count" });
-  $("count").textContent = `${reply.count} online`;
-}
-
-// Pushes carry no devices: re-read changed users (batched) for their icons,
-// and the count, which any change may move.
+// Pushes carry no devices: re-read changed users (batched) for their icons.
 //
 // The server counts every request except a bare heartbeat as activity, so these
 // automatic reads would keep me "online" forever. Two things limit that: a
@@ -141,7 +142,6 @@ async function refreshChanged() {
       for (const user of reply.users) users.set(user.userId, user);
     }
     render();
-    await refreshCount();
   } catch (error) {
     // Lost the connection meanwhile: the reload after the next welcome covers it.
     if (error.code !== "NOT_CONNECTED") console.warn("refresh failed", error);
@@ -187,7 +187,7 @@ session.addEventListener("refused", (event) => {
   if (identity.kind === "observer" && code === "FORBIDDEN") {
     showSignIn("Sign in to see who is online.");
   } else if (code === "UNAUTHORIZED") {
-    showSignIn(`The server refused the sign-in: ${message} If it uses tokens, open this page with ?token=….`);
+    showSignIn(`The server refused the sign-in: ${message}`);
   } else {
     showSignIn(`The server refused the connection: ${message}`);
   }
@@ -196,7 +196,7 @@ session.addEventListener("refused", (event) => {
 session.addEventListener("closed", (event) => {
   if (event.detail.code === 4001) {
     showState("closed", "Disconnected: the sign-in token expired");
-    showSignIn("Your sign-in expired. Open the page with a new token.");
+    showSignIn("Your sign-in expired: sign in again with a new token.");
   } else {
     // After our own logout: back to the page without an identity.
     location.assign("/");
@@ -316,27 +316,60 @@ document.addEventListener("visibilitychange", () => {
 });
 
 // --- sign-in form ------------------------------------------------------------------
+// A server in jwt mode takes no user id: the form asks for a token there. The
+// page learns the mode from the server itself: in jwt mode every /api read
+// without a token is 401 (PROTOCOL.md, HTTP), /api/stats included.
 
-function showSignIn(message) {
-  $("signin").hidden = false;
-  $("signin-message").textContent = message;
-  $("guest").hidden = true;
+let signInKind = null; // a promise of "token" or "user", asked once
+
+function askSignInKind() {
+  if (identity.kind === "token") return Promise.resolve("token");
+  if (!signInKind) {
+    signInKind = fetch("/api/stats", { cache: "no-store" })
+      .then((response) => (response.status === 401 ? "token" : "user"))
+      .catch(() => "user");
+  }
+  return signInKind;
 }
 
-$("guest-signin").addEventListener("click", () => {
-  showSignIn("Sign in to show yourself online and set your status.");
-  $("signin-user").focus();
+async function showSignIn(message) {
+  const kind = await askSignInKind();
+  $("signin").hidden = false;
+  $("signin").dataset.kind = kind;
+  $("signin-message").textContent = message;
+  $("signin-user-field").hidden = kind !== "user";
+  $("signin-token-field").hidden = kind !== "token";
+  $("guest").hidden = true;
+  return kind;
+}
+
+$("guest-signin").addEventListener("click", async () => {
+  const kind = await showSignIn("Sign in to show yourself online and set your status.");
+  $(kind === "token" ? "signin-token" : "signin-user").focus();
 });
+
+function refuseInput(field, text) {
+  $("signin-error").textContent = text;
+  field.setAttribute("aria-invalid", "true");
+  field.focus();
+}
 
 $("signin").addEventListener("submit", (event) => {
   event.preventDefault();
+  if ($("signin").dataset.kind === "token") {
+    const field = $("signin-token");
+    const token = field.value.trim();
+    if (!JWT.test(token)) {
+      refuseInput(field, "A token is three parts separated by dots (eyJ….….…)");
+      return;
+    }
+    location.assign(`/?token=${encodeURIComponent(token)}`);
+    return;
+  }
   const field = $("signin-user");
   const userId = field.value.trim();
   if (!USER_ID.test(userId)) {
-    $("signin-error").textContent =
-      "A user id is 1–128 characters: letters, digits and _ . : @ -";
-    field.setAttribute("aria-invalid", "true");
-    field.focus();
+    refuseInput(field, "A user id is 1–128 characters: letters, digits and _ . : @ -");
     return;
   }
   location.assign(`/?userId=${encodeURIComponent(userId)}`);
