@@ -134,7 +134,7 @@ async def test_redis_away_and_back_empty_nodes_serve_locally_then_reconcile(tmp_
             await until_pushed(watcher, "leaves", "online")
             await redis.stop()
             for node in (a, b):
-                with trio.fail_after(10):
+                with trio.fail_after(20):
                     while (await ready(node.base_url))[0] != 503:
                         await trio.sleep(0.1)
                 status, body = await ready(node.base_url)
@@ -147,11 +147,11 @@ async def test_redis_away_and_back_empty_nodes_serve_locally_then_reconcile(tmp_
         await trio.sleep(GRACE + 0.5)
         await redis.restart()  # empty: Redis lost everything
         for node in (a, b):
-            with trio.fail_after(15):
+            with trio.fail_after(20):
                 while (await ready(node.base_url))[0] != 200:
                     await trio.sleep(0.1)
         # The watcher on b ends with the truth: "stays" busy, "leaves" not online.
-        with trio.fail_after(10):
+        with trio.fail_after(20):
             while True:
                 _, seen = await request(f"{b.base_url}/api/presence?ids=stays,leaves")
                 shown = {u["userId"]: u["status"] for u in seen["users"]}
