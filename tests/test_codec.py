@@ -41,6 +41,20 @@ def test_user_lists_encode_like_the_generic_path(
         assert codec.encode(message) == codec.encode_bytes(message).decode()
 
 
+@given(
+    stamp=st.integers(0, 2**42),
+    request_id=st.none() | st.text(max_size=10),
+    interval=st.integers(1, 3600) | st.floats(0.5, 3600),
+)
+def test_a_heartbeat_ack_encodes_like_the_generic_path(
+    stamp: int, request_id: str | None, interval: float
+) -> None:
+    ack = p.HeartbeatAck(
+        timestamp=stamp, request_id=request_id, next_heartbeat_in_seconds=interval
+    )
+    assert orjson.loads(codec.encode_bytes(ack)) == codec.to_wire(ack)
+
+
 @given(view=views, stamp=st.integers(0, 2**42))
 def test_a_push_frame_is_the_encoded_status_change(view: UserView, stamp: int) -> None:
     push = codec.make_push(view, stamp)

@@ -225,12 +225,18 @@ class WebSocketSession:
         )
         most = self._limits.max_message_bytes
         silence = self._gateway.settings.presence.heartbeat_timeout if self._observer else math.inf
+        receive = self._connection.receive
         while True:
-            with trio.move_on_after(silence) as waited:
-                incoming = await self._connection.receive()
-            if waited.cancelled_caught:
-                self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                return
+            if silence == math.inf:
+                # A session's silence is its actor's heartbeat timer to judge: no
+                # cancel scope per message here (an idle connection's main cost).
+                incoming = await receive()
+            else:
+                with trio.move_on_after(silence) as waited:
+                    incoming = await receive()
+                if waited.cancelled_caught:
+                    self.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    return
             if incoming is None:
                 return  # the client left
             if incoming is TOO_LARGE:

@@ -265,6 +265,29 @@ class DirectConnection:
 
     # --- receiving -------------------------------------------------------------------
 
+    async def _read(self) -> bytes:
+        """The peer's next bytes; b"" once it closed, reset or the socket was closed.
+
+        Waits for the socket to be readable before reading: more is asked for
+        only when what was read holds no whole message, and then the kernel
+        has almost never more yet (an idle connection's next heartbeat is
+        seconds away), so reading first, as ``receive_some`` does, would cost a
+        failed read and an exception per message. A checkpoint, always.
+        """
+        socket_ = self._stream.socket
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(socket_)
+            except (trio.ClosedResourceError, trio.BusyResourceError):
+                return b""
+            try:
+                # The descriptor now, as for writes: -1 once closed, and the read fails.
+                return os.read(self._fileno(), _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue  # woken with nothing to read (another event on the socket)
+            except OSError:
+                return b""
+
     async def receive(self) -> Incoming:
         """The next complete message; answers pings and the close handshake itself.
 
@@ -275,10 +298,7 @@ class DirectConnection:
         while True:
             received = reader.next()
             if received is None:
-                try:
-                    data = await self._stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                data = await self._read()
                 if not data:
                     self.begin_close(None, "")
                     return None
