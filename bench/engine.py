@@ -135,6 +135,8 @@ async def _engine_run(
             await in_flight.acquire()
             status = statuses[i // users % 2]
             await engine.request(user_handles[i % users], SetStatus(status=status))
+        for _ in range(window):  # every change acknowledged, so the last one is last
+            await in_flight.acquire()
         await engine.request(user_handles[-1], SetStatus(status=Status.BUSY))
         with trio.fail_after(600):  # a lost push must end the run, not hang it
             await all_pushed.wait()
