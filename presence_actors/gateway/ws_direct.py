@@ -38,6 +38,9 @@ from .frames import OP_PONG, FrameReader, Kind, close_frame, frame
 from .wsconn import FINISH_TIMEOUT, SLOW_FINISH_TIMEOUT, TOO_LARGE, Incoming, count_out
 
 _RECEIVE_SIZE = 65536
+# Every direct connection reads into this one buffer: the event loop's thread is the
+# only reader, and each read is copied out before the next can start.
+_READ_VIEW = memoryview(bytearray(_RECEIVE_SIZE))
 # After the close frame, how long and how much of the peer's input is read and
 # dropped while waiting for it to close (see DirectConnection._end_input).
 DRAIN_TIMEOUT = 2.0
@@ -282,7 +285,10 @@ class DirectConnection:
                 return b""
             try:
                 # The descriptor now, as for writes: -1 once closed, and the read fails.
-                return os.read(self._fileno(), _RECEIVE_SIZE)
+                count = os.readv(self._fileno(), (_READ_VIEW,))
+                # Copied out at its size before any other read: no 64 KiB allocation
+                # per read shrunk to the few bytes a heartbeat is.
+                return bytes(_READ_VIEW[:count])
             except BlockingIOError:
                 continue  # woken with nothing to read (another event on the socket)
             except OSError:
