@@ -349,3 +349,16 @@ def test_visibility_defaults_follow_the_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no violation" in done.stdout
     assert Visibility.CONTACTS.value == "contacts"
+
+
+def test_a_policy_request_lost_with_its_session_is_judged_by_what_the_store_keeps() -> None:
+    # Found by test_simulation_examples' property in CI: unblocking oneself changes
+    # nothing, the session dropped before the answer, and the checker took the engine's
+    # "everyone" (the default in force) for a value the store should hold.
+    schedule = schedule_of(
+        2,
+        ev.Connect(at=0.0, user=0, device=0),
+        ev.Block(at=1.0, user=0, device=0, target=0, on=False),
+        ev.Drop(at=1.0, user=0, device=0),
+    )
+    assert invariants_broken(schedule) == set()

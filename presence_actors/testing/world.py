@@ -482,7 +482,10 @@ class World:
             return
         answer = await self.engine.ask(PolicyQuery(user_id))
         policy = self.policy.confirmed
-        policy.visibility[user_id] = answer.visibility
+        # The engine answers the visibility in force; one equal to what was in force
+        # changed nothing, and the store keeps "not set" for the default.
+        if answer.visibility != policy.visibility.get(user_id, policy.default):
+            policy.visibility[user_id] = answer.visibility
         policy.blocks[user_id] = set(answer.blocked)
         now = trio.current_time()
         self.truth.changed.setdefault(user_id, now)
