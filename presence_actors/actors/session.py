@@ -39,6 +39,16 @@ class Outbox(Protocol):
         ...
 
 
+class ClosedOutbox:
+    """The outbox of a handle whose transport is gone: it takes nothing."""
+
+    def offer(self, item: Outgoing) -> bool:
+        return False
+
+
+CLOSED_OUTBOX = ClosedOutbox()
+
+
 class MemoryOutbox:
     """A bounded outbox whose items wait in memory for one consumer task.
 
@@ -202,6 +212,19 @@ class SessionHandle:
             return True
         self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
         return False
+
+    def unlink(self) -> None:
+        """Let go of the transport (its close hook and outbox) once it is gone.
+
+        The handle may outlive its transport in the engine's hands (until its
+        detach is processed), and the transport usually points back at it:
+        unlinked, both are freed by reference counting when they end instead of
+        waiting, with their buffers, for a full collection. Closing first, so
+        nothing is offered after.
+        """
+        self.closing = True
+        self.on_close = _ignore_close
+        self.outbox = CLOSED_OUTBOX
 
     def request_close(self, code: int, reason: str) -> None:
         if self.closing:

@@ -158,7 +158,14 @@ class PortServer:
                 self._state,
                 cast("trio.SSLStream[trio.SocketStream]", stream),
             )
-            await server
+            try:
+                await server
+            finally:
+                # hypercorn's server and its protocol hold each other (the
+                # protocol sends through the server's bound method): unlinked,
+                # the connection is freed by reference counting when it ends,
+                # not by a full collection long after (the soak's RSS growth).
+                vars(server).pop("protocol", None)
         except Exception:
             log.exception("a connection failed; the server goes on")
             with trio.CancelScope(shield=True):
