@@ -38,6 +38,7 @@ from .grpc_gen.presence.v1.presence_connect import (
 )
 from .grpc_guard import CODECS, COMPRESSIONS, rpc_receive
 from .grpc_sessions import TtlSessions, open_watcher
+from .http_params import user_ids_problem
 
 # Every protocol error code as a gRPC status code.
 GRPC_CODES: dict[ErrorCode, Code] = {
@@ -90,6 +91,25 @@ def user_status_data(view: UserView) -> pb.UserStatusData:
         status_message=view.status_message or "",
         username=view.username or "",
     )
+
+
+# The message of each user's current view, built once per view object (the
+# directory's views live until they change, and protobuf-py messages may be shared
+# by several responses: encoding only reads them). Never mutated once cached.
+_MESSAGE_LIMIT = 100_000
+_messages: dict[str, tuple[UserView, pb.UserStatusData]] = {}
+
+
+def user_status_message(view: UserView) -> pb.UserStatusData:
+    """``user_status_data(view)``, cached per view object (do not change the result)."""
+    entry = _messages.get(view.user_id)
+    if entry is not None and entry[0] is view:
+        return entry[1]
+    message = user_status_data(view)
+    if entry is None and len(_messages) >= _MESSAGE_LIMIT:
+        _messages.clear()
+    _messages[view.user_id] = (view, message)
+    return message
 
 
 def status_event(view: UserView, timestamp: int) -> pb.StatusUpdateEvent:
@@ -168,7 +188,7 @@ class PresenceGrpcService(PresenceService):
         with _as_grpc_status():
             viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
             [view] = await self._views(viewer.user_id, self._target(request.user_id))
-            return pb.GetUserStatusResponse(success=True, data=user_status_data(view))
+            return pb.GetUserStatusResponse(success=True, data=user_status_message(view))
 
     async def get_multiple_user_status(
         self,
@@ -181,7 +201,7 @@ class PresenceGrpcService(PresenceService):
             targets = self._targets(request.user_ids, "user_ids")
             views = await self._views(viewer.user_id, targets) if targets else []
             return pb.GetMultipleUserStatusResponse(
-                success=True, data=[user_status_data(v) for v in views]
+                success=True, data=[user_status_message(v) for v in views]
             )
 
     async def subscribe_status_updates(
@@ -261,8 +281,10 @@ class PresenceGrpcService(PresenceService):
         most = self._settings.limits.max_ids_per_request
         if len(user_ids) > most:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} user ids per request")
-        for index, user_id in enumerate(user_ids):
-            _check_user_id(user_id, f"{name}[{index}]")
+        if user_ids:
+            problem = user_ids_problem(user_ids, name)
+            if problem is not None:
+                raise ProtocolError(ErrorCode.INVALID_USER_ID, problem)
         return tuple(user_ids)
 
     def _status_message(self, request: pb.SetUserStatusRequest) -> str | None:
