@@ -94,7 +94,13 @@ async def rpc(server: Any, method: str, fields: dict[str, Any]) -> tuple[int, An
 
 def brief_rest(user: dict[str, Any]) -> tuple[Any, ...]:
     devices = tuple(d["deviceId"] for d in user["devices"])
-    return (user["userId"], user["status"], user["statusMessage"], user["lastSeen"] is None, devices)
+    return (
+        user["userId"],
+        user["status"],
+        user["statusMessage"],
+        user["lastSeen"] is None,
+        devices,
+    )
 
 
 def brief_grpc(user: dict[str, Any]) -> tuple[Any, ...]:
@@ -160,7 +166,9 @@ async def test_every_bulk_path_shows_the_same_users_as_they_change(tmp_path: Pat
 
         # A change replaces the cached encodings on every path.
         await plain.request({"type": "set_status", "status": "away"}, "status_updated")
-        await duo_hidden_device.request({"type": "set_status", "status": "online"}, "status_updated")
+        await duo_hidden_device.request(
+            {"type": "set_status", "status": "online"}, "status_updated"
+        )
         ws_users, rest_users, grpc_watcher, grpc_anonymous = await answers()
         assert brief_rest(ws_users[0]) == ("plain", "away", "at lunch", False, ("p1",))
         assert brief_rest(ws_users[1]) == ("duo", "online", None, False, ("d1", "d2"))
