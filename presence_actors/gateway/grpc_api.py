@@ -15,7 +15,7 @@ anyone may see, like an ``/api`` read.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,8 @@ from .grpc_gen.presence.v1.presence_connect import (
 )
 from .grpc_guard import CODECS, COMPRESSIONS, rpc_receive
 from .grpc_sessions import TtlSessions, open_watcher
+from .grpc_unary import PATH as BULK_STATUS_PATH
+from .grpc_unary import FastBulkStatus
 from .http_params import user_ids_problem
 
 # Every protocol error code as a gRPC status code.
@@ -186,7 +188,7 @@ class PresenceGrpcService(PresenceService):
     ) -> pb.GetUserStatusResponse:
         """One user; an unknown or hidden one is OFFLINE with last_seen 0 (never NOT_FOUND)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            viewer = self._viewer(ctx.request_headers, request.viewer_id, "viewer_id")
             [view] = await self._views(viewer.user_id, self._target(request.user_id))
             return pb.GetUserStatusResponse(success=True, data=user_status_message(view))
 
@@ -196,8 +198,14 @@ class PresenceGrpcService(PresenceService):
         ctx: RequestContext[pb.GetMultipleUserStatusRequest, pb.GetMultipleUserStatusResponse],
     ) -> pb.GetMultipleUserStatusResponse:
         """Users in the order asked (an empty list gives an empty answer)."""
+        return await self.multiple_status(ctx.request_headers, request)
+
+    async def multiple_status(
+        self, headers: Mapping[str, str], request: pb.GetMultipleUserStatusRequest
+    ) -> pb.GetMultipleUserStatusResponse:
+        """``get_multiple_user_status`` from the call's headers (also :mod:`.grpc_unary`'s)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            viewer = self._viewer(headers, request.viewer_id, "viewer_id")
             targets = self._targets(request.user_ids, "user_ids")
             views = await self._views(viewer.user_id, targets) if targets else []
             return pb.GetMultipleUserStatusResponse(
@@ -217,7 +225,7 @@ class PresenceGrpcService(PresenceService):
         (UNAVAILABLE).
         """
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.user_id, "user_id")
+            viewer = self._viewer(ctx.request_headers, request.user_id, "user_id")
             targets = self._targets(request.watch_user_ids, "watch_user_ids")
             if not targets:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, "watch_user_ids must not be empty")
@@ -267,11 +275,11 @@ class PresenceGrpcService(PresenceService):
         assert identity.user_id is not None
         return identity.user_id
 
-    def _viewer(self, ctx: RequestContext[Any, Any], claimed: str, name: str) -> Identity:
+    def _viewer(self, headers: Mapping[str, str], claimed: str, name: str) -> Identity:
         """Who reads or watches; anonymous when it names nobody in ``none`` mode."""
         if not claimed and self._settings.auth.mode == "none":
             return Identity(None)
-        return self._auth.acting_user(dict(ctx.request_headers), claimed, name)
+        return self._auth.acting_user(dict(headers), claimed, name)
 
     def _target(self, user_id: str) -> tuple[str]:
         _check_user_id(user_id, "user_id")
@@ -325,6 +333,7 @@ class GrpcGateway:
         self._app = PresenceServiceASGIApplication(
             self.service, read_max_bytes=MAX_BODY, codecs=CODECS, compressions=COMPRESSIONS
         )
+        self.bulk_status = FastBulkStatus(self.service.multiple_status, self._app)
 
     def close_all(self, code: int, reason: str) -> None:
         """End the open streams (on shutdown, beside ``WebSocketGateway.close_all``)."""
@@ -347,4 +356,7 @@ class GrpcGateway:
                     request_scope.cancel()
                 return message
 
-            await self._app(scope, receive_watching, send)
+            if scope["path"] == BULK_STATUS_PATH:
+                await self.bulk_status.handle(scope, receive_watching, send)
+            else:
+                await self._app(scope, receive_watching, send)
