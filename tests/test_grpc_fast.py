@@ -123,3 +123,15 @@ async def test_a_token_is_checked_on_the_fast_path(tmp_path: Path, stubs: Simple
             )
             assert (answer, status) == (None, grpc.StatusCode.UNAUTHENTICATED)
             assert details.startswith(said)
+
+
+def test_the_server_messages_are_the_compiled_ones() -> None:
+    """protobuf-py's native extension builds and encodes them (not its pure-Python
+    fallback); google.protobuf (upb, grpcio's) is not what the server uses."""
+    from protobuf_ext import NativeMessage
+
+    from presence_actors.gateway.grpc_gen.presence.v1 import presence_pb as pb
+
+    for message in (pb.UserStatusData, pb.GetMultipleUserStatusResponse):
+        assert NativeMessage in message.__mro__
+        assert message.to_binary is NativeMessage.to_binary
