@@ -113,7 +113,7 @@ class Queries:
                     view = own(user_id)
                 elif may_see(watcher, user_id):
                     view = public(user_id)
-                    if view is not None:
+                    if view is not None and view.devices:
                         view = without_invisible_devices(view)
                 else:
                     view = None

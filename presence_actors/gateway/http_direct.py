@@ -26,6 +26,7 @@ closed by the caller; an answer is written whole or the connection is dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -191,12 +192,18 @@ class DirectQueries:
         status = int(start["status"])
         lines = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
         lines += [name + b": " + value for name, value in start.get("headers", ())]
-        lines.append(b"date: " + format_date_time(time.time()).encode())
+        lines.append(_date_header(int(time.time())))
         if self._server_header:
             lines.append(b"server: hypercorn-h11")
         if close:
             lines.append(b"connection: close")
         return b"\r\n".join(lines) + b"\r\n\r\n" + b"".join(body)
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(unix_seconds: int) -> bytes:
+    """hypercorn's ``date`` header; formatted once a second."""
+    return b"date: " + format_date_time(unix_seconds).encode()
 
 
 def _scope(
