@@ -120,9 +120,12 @@ class DirectQueries:
         local = _address(stream, "getsockname")
         # A head must be complete this long after the last answer (slow heads are bounded).
         deadline = trio.current_time() + self._keep_alive
+        start = 0  # where the next request begins in data (pipelined ones are not copied)
         while True:
-            end = data.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n", start)
             if end < 0:
+                data = data[start:]
+                start = 0
                 if len(data) >= _HEAD_LIMIT:
                     return data  # hypercorn refuses it as before
                 if self._closing:
@@ -134,11 +137,11 @@ class DirectQueries:
                     return data or None  # hypercorn answers a partial head, as before
                 data += more
                 continue
-            parsed = _parse(data[:end]) if end <= _HEAD_LIMIT else None
+            parsed = _parse(data[start:end]) if end - start <= _HEAD_LIMIT else None
             if parsed is None:
-                return data
+                return data[start:]
             query, headers, close = parsed
-            data = data[end + 4 :]
+            start = end + 4
             served += 1
             close = close or served >= self._max_requests or self._closing
             answer = await self._answer(_scope(query, headers, peer, local), close)
