@@ -203,3 +203,37 @@ async def test_the_server_stops_at_once_with_an_idle_keep_alive_connection(
     assert time.monotonic() - started < 3  # not graceful_timeout
     assert await answers.closed(within=1)
     await stream.aclose()
+
+
+async def test_a_client_that_asks_and_never_reads_is_dropped(tmp_path: Path) -> None:
+    """Pipelined reads of big answers, never read: the server's write stops for
+    good once the socket buffers are full; it drops the connection after the
+    keep-alive timeout instead of holding its descriptor for ever."""
+    users = [f"user{n:03d}" for n in range(100)]
+    request = get("/api/presence?ids=" + ",".join(users))
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    async with running_server(tmp_path) as server:
+        await sock.connect(("127.0.0.1", server.port))
+        stream = trio.SocketStream(sock)
+
+        async def ask() -> None:
+            # The requests themselves stop being read once the server is stuck;
+            # a dropped connection breaks this write.
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(request * 999)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.sleep(9)  # hypercorn's keep_alive_timeout of 5 s, and margin
+            answers = Answers(stream)
+            taken = 0
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await answers.next()
+                    except (EOFError, trio.BrokenResourceError):
+                        break
+                    taken += 1
+            nursery.cancel_scope.cancel()
+        assert taken < 999, "the server waited for the reader (all answers came)"

@@ -17,7 +17,8 @@ handed back, with every byte read so far, and the connection goes on in
 hypercorn from that request (the listener's ``_Replay``), which answers it as
 it always did. Bounds are hypercorn's: a head of at most 16 KiB, the keep-alive
 timeout between requests, ``keep_alive_max_requests`` requests per connection
-(the last answer says ``connection: close``).
+(the last answer says ``connection: close``); and an answer the client does not
+take within the keep-alive timeout drops the connection.
 
 Ordering: requests on a connection are answered one after the other, in order
 (pipelined ones wait in the receive buffer). Cancellation: the connection is
@@ -145,8 +146,11 @@ class DirectQueries:
             served += 1
             close = close or served >= self._max_requests or self._closing
             answer = await self._answer(_scope(query, headers, peer, local), close)
-            await stream.send_all(answer)
-            if close:
+            # A client that asks and never reads would hold its descriptor for
+            # ever in a blocked write: an answer not taken in time drops it.
+            with trio.move_on_after(self._keep_alive) as writing:
+                await stream.send_all(answer)
+            if close or writing.cancelled_caught:
                 return None
             deadline = trio.current_time() + self._keep_alive
 
