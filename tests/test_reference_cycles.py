@@ -16,7 +16,9 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import grpc
 import pytest
 import trio
 
@@ -135,3 +137,28 @@ async def test_an_ended_connection_needs_no_garbage_collector(
             await trio.sleep(0.6)  # every session past its timeout and grace
         held = sorted(name for name in garbage if name in _HELD)
         assert held == [], f"freed only by the full collector: {held}"
+
+
+async def test_a_cancelled_grpc_stream_needs_no_garbage_collector(
+    tmp_path: Path, stubs: SimpleNamespace
+) -> None:
+    def watch(port: int, user_id: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = stubs.rpc.PresenceServiceStub(channel)
+            request = stubs.pb.SubscribeStatusUpdatesRequest(user_id=user_id, watch_user_ids=["x"])
+            call = stub.SubscribeStatusUpdates(request, timeout=10)
+            next(call)  # the state of "x"
+            call.cancel()
+
+    async with running_server(tmp_path) as server:
+        await trio.to_thread.run_sync(watch, server.port, "warm")
+        await trio.sleep(0.3)
+        with cyclic_garbage() as garbage:
+            for n in range(3):
+                await trio.to_thread.run_sync(watch, server.port, f"user{n}")
+            await trio.sleep(0.5)  # the server saw every reset
+        held = sorted(name for name in garbage if name in _HELD | _HELD_BY_STREAMS)
+        assert held == [], f"freed only by the full collector: {held}"
+
+
+_HELD_BY_STREAMS = {"Watcher", "MemoryOutbox", "H2Protocol", "HTTPStream"}

@@ -72,7 +72,12 @@ class MemoryOutbox:
         self._bytes = 0
         self._closed = False
         self._waiting = trio.lowlevel.ParkingLot()
-        self.receive = MemoryOutbox.Receiver(self)
+
+    @property
+    def receive(self) -> MemoryOutbox.Receiver:
+        # A new end at each use, which holds the outbox but is not held by it:
+        # no reference cycle keeps an ended session's outbox for the collector.
+        return MemoryOutbox.Receiver(self)
 
     @property
     def queued_bytes(self) -> int:
