@@ -226,6 +226,9 @@ class WebSocketSession:
         most = self._limits.max_message_bytes
         silence = self._gateway.settings.presence.heartbeat_timeout if self._observer else math.inf
         receive = self._connection.receive
+        request = self._engine.request
+        handle = self.handle
+        messages_in = self._gateway.metrics.messages_in
         while True:
             if silence == math.inf:
                 # A session's silence is its actor's heartbeat timer to judge: no
@@ -251,6 +254,11 @@ class WebSocketSession:
                     self.close(CLOSE_POLICY, "rate limit exceeded")
                     return
                 continue
+            if incoming == codec.BARE_HEARTBEAT_JSON:
+                # The usual message by far: known without parsing it.
+                messages_in["heartbeat"] += 1
+                await request(handle, codec.BARE_HEARTBEAT)
+                continue
             if isinstance(incoming, bytes):
                 self._fail(
                     ErrorCode.INVALID_MESSAGE,
@@ -268,8 +276,8 @@ class WebSocketSession:
             except ProtocolError as exc:
                 self._fail(exc.code, exc.message, codec.request_id_of(raw))
                 continue
-            self._gateway.metrics.messages_in[message.TYPE] += 1
-            await self._engine.request(self.handle, message)
+            messages_in[message.TYPE] += 1
+            await request(handle, message)
 
     def _fail(self, code: ErrorCode, message: str, request_id: str | None) -> None:
         self.handle.deliver(
