@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 
 import orjson
@@ -76,7 +77,16 @@ class WebSocketGateway:
                 await stream.send_all(exc.response)
             await stream.aclose()
             return
-        await stream.send_all(upgrade.response)
+        # The 101 goes in one write: a fresh socket's kernel buffer takes it whole,
+        # without the stream's send machinery; what it does not take (or an error) is
+        # left to send_all.
+        response = upgrade.response
+        try:
+            sent = os.write(stream.socket.fileno(), response)
+        except OSError:
+            sent = 0
+        if sent < len(response):
+            await stream.send_all(response[sent:])
         connection = DirectConnection(stream, self.metrics, self.settings.limits)
         connection.feed(upgrade.rest)
         await self._serve(connection, upgrade.query, upgrade.headers)
