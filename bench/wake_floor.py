@@ -9,7 +9,10 @@ fixed 82-byte frame:
 - ``epoll``: one level-triggered ``select.epoll`` loop, no trio;
 - ``trio``: one trio task per connection that waits with
   ``trio.lowlevel.wait_readable`` and answers (the direct path's shape, without
-  parsing, the engine or the session).
+  parsing, the engine or the session);
+- ``reactor``: inside trio, one task for all connections, waiting on a private
+  level-triggered epoll (each socket registered once) and answering every ready
+  socket in turn: no task switch and no re-arming per message.
 
 A client process on the other core opens ``--connections`` connections and sends
 ``--rate`` small frames a second round-robin (evenly spaced), reading the
@@ -32,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 
 import trio
 
@@ -136,13 +140,30 @@ def run_epoll(args: argparse.Namespace) -> None:
     proc.wait()
 
 
-async def run_trio(args: argparse.Namespace) -> None:
+async def run_trio(args: argparse.Namespace, *, reactor: bool) -> None:
     buffer = memoryview(bytearray(65536))
+    poller = select.epoll()
+
+    async def react() -> None:
+        # One task for every connection: it waits on a private epoll (each socket
+        # registered once, level-triggered) and answers every ready socket in turn.
+        while True:
+            await trio.lowlevel.wait_readable(poller.fileno())
+            for fd, _ in poller.poll(0):
+                if not os.readv(fd, (buffer,)):
+                    poller.unregister(fd)
+                    continue
+                os.write(fd, ANSWER)
 
     async def serve(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         await stream.send_all(GREETING)
         sock = stream.socket
+        if reactor:
+            # The reactor serves it; this task only keeps the stream open (trio's
+            # serve_listeners closes it when the handler returns), parked for free.
+            poller.register(sock.fileno(), select.EPOLLIN)
+            await trio.sleep_forever()
         while True:
             await trio.lowlevel.wait_readable(sock)
             if not os.readv(sock.fileno(), (buffer,)):
@@ -152,6 +173,8 @@ async def run_trio(args: argparse.Namespace) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=1024)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, serve, listeners)
+        if reactor:
+            nursery.start_soon(react)
         argv = [sys.executable, __file__, "--client", str(listeners[0].socket.getsockname()[1])]
         argv += ["--connections", str(args.connections), "--rate", str(args.rate)]
         argv += ["--seconds", str(args.seconds)]
@@ -171,7 +194,8 @@ async def run_trio(args: argparse.Namespace) -> None:
         out = b""
         while b"done" not in out:
             out += await proc.stdout.receive_some()
-        report("trio", cpu_seconds() - started, args, out.split(b"done")[1])
+        name = "reactor" if reactor else "trio"
+        report(name, cpu_seconds() - started, args, out.split(b"done")[1])
         await proc.wait()
         nursery.cancel_scope.cancel()
 
@@ -191,7 +215,8 @@ def main() -> None:
         return
     os.sched_setaffinity(0, {args.server_core})
     run_epoll(args)
-    trio.run(run_trio, args)
+    trio.run(partial(run_trio, args, reactor=False))
+    trio.run(partial(run_trio, args, reactor=True))
 
 
 if __name__ == "__main__":
