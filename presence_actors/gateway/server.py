@@ -20,6 +20,7 @@ from ..actors.engine import EngineWriter
 from ..actors.session import CLOSE_GOING_AWAY
 from ..config import Settings
 from ..metrics import Metrics
+from ..persistence.backlog import Loss
 from .admission import connection_cap
 from .app import PresenceApp
 from .listener import PortServer
@@ -39,6 +40,9 @@ class RunningServer:
     port: int
     app: PresenceApp
     engine: Engine
+    # Set (once, by the stop) when the shutdown record was committed with nothing
+    # else held uncommitted; a threading.Event because the watchdog thread reads it.
+    stop_committed: threading.Event
 
     @property
     def base_url(self) -> str:
@@ -80,11 +84,14 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
 async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
     """Serve for the duration of the block; the server is listening when it starts.
 
-    On exit: new connections are refused, open sessions are closed with 1001,
-    connections get up to ``server.graceful_timeout`` to end,
-    and the engine records everyone offline and commits. The commit does not
-    wait for connections that still have not ended (a peer that stopped
-    reading can hold a send forever); see :func:`serve_until_signalled`.
+    On exit: new connections are refused, WebSocket sessions stop passing
+    messages to the engine, the engine records everyone offline in one batch and
+    commits it (within ``server.graceful_timeout``), and only then are open
+    sessions closed with 1001 (close frames written without waiting for any
+    peer) and connections given up to ``server.graceful_timeout`` to end. So the
+    commit is bounded by what it writes, not by closing thousands of
+    connections, and never waits for a peer that stopped reading (which can
+    hold a send forever); see :func:`serve_until_signalled`.
     """
     metrics = Metrics()
     if settings.auth.mode == "none" and settings.server.host not in _LOOPBACK:
@@ -97,6 +104,7 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
         app = PresenceApp(engine, settings, metrics)
         shutdown = trio.Event()
         served = trio.Event()
+        stop_committed = threading.Event()
 
         port_server = PortServer(
             app,
@@ -115,16 +123,23 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
             binds: list[str] = await nursery.start(serve)
             port = int(binds[0].rsplit(":", 1)[1])
             try:
-                yield RunningServer(tuple(binds), port, app, engine)
+                yield RunningServer(tuple(binds), port, app, engine, stop_committed)
             finally:
                 shutdown.set()
+                # The commit before the sockets: first nothing more reaches the engine
+                # from a WebSocket, then everyone is recorded offline in one batch and
+                # committed while the sessions are parked, not competing for the loop;
+                # only then are thousands of close handshakes started.
+                app.websockets.stop_reading()
+                await engine.record_shutdown()
+                if engine.writer.statistics().pending_intents == 0:
+                    stop_committed.set()
                 app.websockets.close_all(CLOSE_GOING_AWAY, "server shutting down")
                 app.grpc.close_all(CLOSE_GOING_AWAY, "server shutting down")
                 with trio.move_on_after(settings.server.graceful_timeout, shield=True):
                     await served.wait()
                 if not served.is_set():
                     log.warning("%d connections did not end in time", len(app.websockets.sessions))
-                await engine.record_shutdown()
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -148,7 +163,7 @@ async def serve_until_signalled(
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 seconds = 2 * settings.server.graceful_timeout + _WATCHDOG_MARGIN
-                _start_watchdog(seconds, server.engine.writer)
+                _start_watchdog(seconds, server.engine.writer, server.stop_committed)
                 break
 
 
@@ -171,23 +186,28 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-# The stop's steps are bounded by the graceful timeout twice (connections, then
-# the final commit) plus the writer's last attempt (1 s) and a commit already
+# The stop's steps are bounded by the graceful timeout twice (the final commit,
+# then the connections) plus the writer's last attempt (1 s) and a commit already
 # running in its thread (up to the 1 s busy timeout); this leaves room for those.
 _WATCHDOG_MARGIN = 5.0
 
 EXIT_WRITES_LOST = 1
 
 
-def _start_watchdog(seconds: float, writer: EngineWriter) -> None:
+def _start_watchdog(seconds: float, writer: EngineWriter, stop_committed: threading.Event) -> None:
     """End the process after ``seconds``, with a status and a line that say what it lost.
 
-    Runs in a thread: it reads only ``writer.loss``, which the writer sets once,
-    when its final flush is over.
+    Runs in a thread: it reads ``writer.loss``, which the writer sets once, when
+    its final flush is over, and otherwise whether the shutdown record was
+    committed and the writer holds nothing (``pending_intents``: counters the
+    event loop writes and this thread only reads). Connections still tearing
+    down when it fires lose nothing if so: the exit is 0.
     """
 
     def expire() -> None:
         loss = writer.loss
+        if loss is None and stop_committed.is_set() and writer.statistics().pending_intents == 0:
+            loss = Loss()
         if loss is None:
             log.error(
                 "the stop did not finish in %.1f s and the final commit had not ended:"

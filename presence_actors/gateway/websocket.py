@@ -23,6 +23,7 @@ from .. import codec
 from ..actors import Engine, SessionHandle
 from ..actors.session import (
     ANONYMOUS,
+    CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_POLICY,
     CLOSE_TOKEN_EXPIRED,
@@ -57,6 +58,8 @@ class WebSocketGateway:
         self.auth = auth
         self.metrics = metrics
         self.sessions: set[WebSocketSession] = set()
+        # The server is stopping: nothing more a client sends reaches the engine.
+        self.stopping = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a WebSocket that came through hypercorn (ASGI)."""
@@ -102,6 +105,12 @@ class WebSocketGateway:
             await connection.finish(CLOSE_POLICY, exc.message)
             self.metrics.closes[CLOSE_POLICY] += 1
             return
+        if self.stopping:
+            # After the engine's shutdown record: attaching now would show the user
+            # online again (and commit it) once everyone was recorded offline.
+            await connection.finish(CLOSE_GOING_AWAY, "server shutting down")
+            self.metrics.closes[CLOSE_GOING_AWAY] += 1
+            return
         session = WebSocketSession(self, identity, device_id, device_type, connection)
         self.sessions.add(session)
         self.metrics.connections += 1
@@ -111,7 +120,17 @@ class WebSocketGateway:
             self.sessions.discard(session)
             self.metrics.connections -= 1
 
+    def stop_reading(self) -> None:
+        """The stop began: from now on no session passes a message to the engine, a
+        new one is closed (1001) before it attaches, and none detaches on its way
+        out (the engine records everyone offline itself, in one batch). Sessions
+        stay open, parked, until :meth:`close_all`. Synchronous."""
+        self.stopping = True
+
     def close_all(self, code: int, reason: str) -> None:
+        """Close every session with ``code``: each close frame is written (or queued
+        behind what the session was sending) now, without waiting for its peer."""
+        self.stopping = True
         for session in list(self.sessions):
             session.close(code, reason)
 
@@ -225,7 +244,11 @@ class WebSocketSession:
             self.handle.unlink()
             self._connection.begin_close(self._close_code, self._close_reason)
             with trio.CancelScope(shield=True):
-                await self._engine.detach(self.handle)
+                if not self._gateway.stopping:
+                    # Stopping, the engine recorded everyone offline already: a detach
+                    # would only cost a trip through the registry and the actor per
+                    # session (and with no grace period a second offline event).
+                    await self._engine.detach(self.handle)
                 if self._close_code is not None:
                     self._gateway.metrics.closes[self._close_code] += 1
                 await self._connection.finish(self._close_code, self._close_reason)
@@ -239,7 +262,8 @@ class WebSocketSession:
         receive = self._connection.receive
         request = self._engine.request
         handle = self.handle
-        messages_in = self._gateway.metrics.messages_in
+        gateway = self._gateway
+        messages_in = gateway.metrics.messages_in
         while True:
             if silence == math.inf:
                 # A session's silence is its actor's heartbeat timer to judge: no
@@ -253,6 +277,10 @@ class WebSocketSession:
                     return
             if incoming is None:
                 return  # the client left
+            if gateway.stopping:
+                # Dropped: the engine is recording everyone offline; close_all ends
+                # this session (1001) once that is committed.
+                await trio.sleep_forever()
             if incoming is TOO_LARGE:
                 self._fail(ErrorCode.TOO_LARGE, f"frames are limited to {most} bytes", None)
                 self.close(CLOSE_TOO_LARGE, "message too large")
