@@ -18,7 +18,7 @@ import trio
 from .process_harness import ROOT, child_env, server_process, write_config
 
 CONNECTIONS = 2000
-HOGS = 2
+HOGS = 4
 CROWD_TIMEOUT = 60
 
 
