@@ -1,12 +1,14 @@
-"""Reports to Redis in batches: one pipeline of merges per tick, then the read model.
+"""Reports to Redis in batches: one pipeline of merges per tick.
 
 The registry hands over each user's latest report without waiting
 (:meth:`Publisher.report`); the publisher task takes what is pending, runs
 merge.lua for each user in one pipeline (one round trip for the lot, however
-many users changed), hands every merged view back to the node, then updates
-what reads use (the list order, the stored views, the audit stream, which
-users this node holds) in a second pipeline. A user's reports coalesce while
-a batch is on its way: only the latest goes next.
+many users changed, with the changes to the set of users this node holds),
+and hands every merged view back to the node. What reads use (the list order,
+the stored views, the audit stream) merge.lua writes itself on a single Redis;
+on a Redis Cluster it is in another slot, and the publisher writes it in a
+second pipeline. A user's reports coalesce while a batch is on its way: only
+the latest goes next.
 """
 
 from __future__ import annotations
