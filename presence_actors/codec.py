@@ -206,11 +206,27 @@ def structure(raw: object, cls: type[T], what: str) -> T:
     except (ClassValidationError, IterableValidationError) as exc:
         found = _first_protocol_error(exc)
         if found is not None:
-            raise found from None
-        detail = "; ".join(transform_error(exc, path=what, format_exception=_describe))
-        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, _wire_names(detail)) from None
+            code, message = found.code, found.message
+        else:
+            detail = "; ".join(transform_error(exc, path=what, format_exception=_describe))
+            code, message = p.ErrorCode.INVALID_MESSAGE, _wire_names(detail)
+        _forget_tracebacks(exc)
     except ValueError as exc:  # attrs validators (lengths) raise outside the group
-        raise p.ProtocolError(p.ErrorCode.INVALID_MESSAGE, str(exc)) from None
+        code, message = p.ErrorCode.INVALID_MESSAGE, str(exc)
+    # A fresh error, raised outside the handler and held by no local: it carries
+    # no context, so the refused group (its errors, their tracebacks, the frames
+    # holding the list of them) is freed by reference counting, not left to the
+    # collector.
+    raise p.ProtocolError(code, message)
+
+
+def _forget_tracebacks(error: BaseException | None) -> None:
+    while error is not None:
+        error.__traceback__ = None
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                _forget_tracebacks(inner)
+        error = error.__cause__ or error.__context__
 
 
 def _describe(error: BaseException, _: type | None) -> str:
