@@ -56,6 +56,7 @@ class Membership:
         self._script = script
         self._stamped: dict[str, int] = {}
         self._others: dict[str, int] = {}  # the other nodes registered, as last read
+        self._reaping: set[str] = set()  # nodes this one is cleaning up after now
         self.epoch = 0
         self._predecessor = 0  # an earlier run's epoch under this name, to clean up
         self.generation: bytes | None = None
@@ -105,9 +106,9 @@ class Membership:
             task_status.started()
             while True:
                 await trio.sleep(BEAT)
-                await self._beat_once(client)
+                await self._beat_once(client, nursery)
 
-    async def _beat_once(self, client: Any) -> None:
+    async def _beat_once(self, client: Any, nursery: trio.Nursery) -> None:
         """One round trip a beat (each costs a node far more CPU than a command in it):
         the generation marker, liveness, the first heartbeat stamps, the registered
         nodes, and the liveness of the others as registered at the previous beat (one
@@ -131,7 +132,12 @@ class Membership:
             # Unless it left and registered again (a new epoch) since the last beat.
             if await exists or self._others.get(name) != looked_at[name]:
                 continue
-            await self._reap_if_first(client, name, looked_at[name])
+            if name not in self._reaping:
+                # Beside the beats: a cleanup waits a grace period, and this node
+                # must go on renewing its own liveness meanwhile, or the others
+                # would take it for dead too.
+                self._reaping.add(name)
+                nursery.start_soon(self._reap_if_first, client, name, looked_at[name])
 
     async def _take_over(self, client: Any, epoch: int) -> None:
         """Clean up after this node's own predecessor (see :meth:`join`), unless
@@ -179,11 +185,14 @@ class Membership:
     async def _reap_if_first(self, client: Any, name: str, epoch: int) -> None:
         """The node stopped renewing its liveness: clean up after it unless another
         node already is."""
-        lease = int((self._grace + self._ttl + 30) * 1000)
-        if await client.set(keys.reaping(name), self.node, condition=PureToken.NX, px=lease):
-            log.warning("node %s stopped renewing its liveness; its sessions are lost", name)
-            self.nodes_reaped += 1
-            await self._reap(client, name, epoch)
+        try:
+            lease = int((self._grace + self._ttl + 30) * 1000)
+            if await client.set(keys.reaping(name), self.node, condition=PureToken.NX, px=lease):
+                log.warning("node %s stopped renewing its liveness; its sessions are lost", name)
+                self.nodes_reaped += 1
+                await self._reap(client, name, epoch)
+        finally:
+            self._reaping.discard(name)
 
     async def _reap(self, client: Any, node: str, epoch: int) -> None:
         """Clean up after a dead node (see the module docstring). Idempotent: if this
