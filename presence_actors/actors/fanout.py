@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 
+import trio
 from attrs import define
 
 from ..protocol import Push, PushBatch
@@ -39,6 +40,14 @@ BYTES_PER_UNIT = 8192
 # (every change under light load) go out as soon as the registry is idle, so
 # under MockClock with few sessions the engine stays deterministic.
 PACE_ABOVE = 250
+# While changes keep arriving (the registry found a new message each time it
+# yielded with a tick pending) the tick is held, so a watcher is woken and
+# written to once for many changes rather than once per change: at most this
+# many yields of the registry, and at most this long (trio time, so under
+# MockClock only the yields count). A change arriving at an idle server waits
+# one yield of the registry (a pass of the scheduler), no more.
+HOLD_YIELDS = 16
+HOLD_SECONDS = 0.002
 # After a large tick, the next one waits this many times as long as the tick
 # took: fan-out then takes at most about a third of the loop while changes flood
 # in, and the rest (handshakes, welcomes, heartbeats, the writer) goes on. The
@@ -79,6 +88,8 @@ class Fanout:
         self.stats = stats
         self._pending: dict[str, _Change] = {}
         self.due_at = -math.inf  # no tick is delivered before this (trio time)
+        self.held = 0  # yields of the registry since the pending tick's first change
+        self._first_at = math.inf  # when the pending tick's first change came (trio time)
 
     @property
     def waiting(self) -> bool:
@@ -88,6 +99,8 @@ class Fanout:
         self, user_id: str, shown: Push | None, own: Push | None, cause: SessionHandle | None
     ) -> None:
         """A change to push; ``cause`` (the session that made it, if any) got a reply."""
+        if not self._pending:
+            self._first_at = trio.current_time()
         earlier = self._pending.pop(user_id, None)  # the latest change of a user goes last
         if earlier is not None and earlier.cause is not cause:
             # The push carries the earlier change too, which this cause's reply did
@@ -98,9 +111,14 @@ class Fanout:
     def due(self, now: float) -> bool:
         return bool(self._pending) and now >= self.due_at
 
+    def held_enough(self, now: float) -> bool:
+        """Whether the pending tick waited its most for more changes to join it."""
+        return self.held >= HOLD_YIELDS or now >= self._first_at + HOLD_SECONDS
+
     async def flush(self, turn: Turn, now: float) -> None:
         """Deliver the tick's pushes; a checkpoint whenever ``turn`` is spent."""
         pending, self._pending = self._pending, {}
+        self.held = 0
         started = time.perf_counter()
         if self._index.contacts_mode:
             deliveries = await self._to_followers(pending, turn)

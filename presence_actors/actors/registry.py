@@ -212,8 +212,9 @@ class Registry:
         """Serve the intake until cancelled; user actors live in this task's nursery.
 
         Messages are handled one at a time in arrival order; the pushes they
-        cause go out in ticks, once the intake is empty or a turn's work is
-        done (see :mod:`.fanout`). A user actor that exceeds its restart
+        cause go out in ticks: the registry yields once with a tick pending,
+        and delivers it when nothing new arrived meanwhile, or once it was held
+        long enough while changes kept coming (see :mod:`.fanout`). A user actor that exceeds its restart
         intensity makes this raise RestartIntensityExceeded.
         """
         turn = self._turn
@@ -224,6 +225,8 @@ class Registry:
             task_status.started()
             while True:
                 message = await self._next()
+                # None: the registry yielded for a held tick and nothing came meanwhile.
+                quiet = message is None
                 turn.restart()
                 while message is not None:
                     await self._dispatch(message)
@@ -235,7 +238,7 @@ class Registry:
                     except trio.WouldBlock:
                         message = None
                 now = trio.current_time()
-                if self._fanout.due(now):
+                if self._fanout.due(now) and (quiet or self._fanout.held_enough(now)):
                     await self._fanout.flush(turn, now)
                     self._drop_lost()
 
@@ -245,6 +248,7 @@ class Registry:
         if not fanout.waiting:
             return await self._intake.receive()
         if fanout.due(trio.current_time()):
+            fanout.held += 1
             await trio.lowlevel.checkpoint()
             try:
                 return self._intake.receive_nowait()

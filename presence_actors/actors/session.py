@@ -118,16 +118,27 @@ class MemoryOutbox:
 
         async def receive_entry(self) -> tuple[Outgoing, bytes | None]:
             """The next item and its JSON, waiting for one; a checkpoint, like a
-            channel's receive."""
+            channel's receive.
+
+            Like a channel's receive, one schedule point either way: an item
+            already queued is taken after a checkpoint; otherwise waiting is
+            the schedule point (cancellable), and the item the offer woke it
+            for is returned at once, without a second trip through the scheduler.
+            """
             await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                try:
-                    entry = self.receive_entry_nowait()
-                except trio.WouldBlock:
-                    await self._outbox._waiting.park()
-                    continue
+            try:
+                entry = self.receive_entry_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return entry
+            while True:
+                await self._outbox._waiting.park()
+                try:
+                    return self.receive_entry_nowait()
+                except trio.WouldBlock:
+                    continue
 
         async def receive(self) -> Outgoing:
             return (await self.receive_entry())[0]
