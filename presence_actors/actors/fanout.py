@@ -108,6 +108,10 @@ class Fanout:
             cause = None
         self._pending[user_id] = _Change(shown, own, cause)
 
+    def holds(self, user_id: str) -> bool:
+        """Whether the pending tick has a change of ``user_id``."""
+        return user_id in self._pending
+
     def due(self, now: float) -> bool:
         return bool(self._pending) and now >= self.due_at
 
@@ -211,11 +215,17 @@ class Fanout:
                 owed.append(push)
 
     async def _give_each(self, owed_to: dict[SessionHandle, list[Push]], turn: Turn) -> int:
+        """Each watcher its pushes; watchers owed the same ones share one item, so a
+        transport builds its bytes once for all of them (pushes hash by identity)."""
         deliveries = 0
+        items: dict[tuple[Push, ...], Push | PushBatch | None] = {}
         for watcher, owed in owed_to.items():
             units = 0
             if not watcher.closing and watcher in self._index:
-                item = _item_of(tuple(owed))
+                pushes = tuple(owed)
+                item = items.get(pushes)
+                if item is None:  # owed lists are never empty: an item is made
+                    item = items[pushes] = _item_of(pushes)
                 if item is not None:
                     deliveries += 1
                     units = self._give(watcher, item)

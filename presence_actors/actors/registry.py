@@ -273,6 +273,12 @@ class Registry:
                     return  # shown once merged with the other nodes' shares (Merged)
                 self.directory.put(view, public)
                 if push_own or push_public:
+                    fanout = self._fanout
+                    if fanout.holds(view.user_id) and fanout.due(trio.current_time()):
+                        # The tick was held for more changes, not to merge two of
+                        # one user: each pushed change reaches the watchers (the
+                        # flap limit alone coalesces, PROTOCOL.md).
+                        await fanout.flush(self._turn, trio.current_time())
                     stamp = self.rules.clock.now_ms()
                     shown = make_push(public, stamp) if push_public else None
                     own = shown if public is view else make_push(view, stamp) if push_own else None

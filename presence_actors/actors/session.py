@@ -85,7 +85,8 @@ class MemoryOutbox:
             return False
         items.append((item, size, data))
         self._bytes += size
-        self._waiting.unpark()
+        if self._waiting:  # unpark() builds a list even when nobody waits
+            self._waiting.unpark()
         return True
 
     def close(self) -> None:
