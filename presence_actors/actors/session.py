@@ -61,7 +61,9 @@ class MemoryOutbox:
         self._items: deque[tuple[Outgoing, int, bytes | None]] = deque()
         self._bytes = 0
         self._closed = False
-        self._waiting = trio.lowlevel.ParkingLot()
+        # The one consumer, while it waits for an item. Woken directly rather
+        # than through a ParkingLot: every push and reply to the session wakes it.
+        self._waiter: trio.lowlevel.Task | None = None
         self.receive = MemoryOutbox.Receiver(self)
 
     @property
@@ -85,13 +87,32 @@ class MemoryOutbox:
             return False
         items.append((item, size, data))
         self._bytes += size
-        if self._waiting:  # unpark() builds a list even when nobody waits
-            self._waiting.unpark()
+        self._wake()
         return True
 
     def close(self) -> None:
         self._closed = True
-        self._waiting.unpark_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def _wait(self) -> None:
+        """Until an item is offered or the outbox closed; cancellable."""
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task is already receiving from this outbox")
+        task = trio.lowlevel.current_task()
+        self._waiter = task
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            if self._waiter is task:
+                self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def clear(self) -> None:
         self._items.clear()
@@ -135,7 +156,7 @@ class MemoryOutbox:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return entry
             while True:
-                await self._outbox._waiting.park()
+                await self._outbox._wait()
                 try:
                     return self.receive_entry_nowait()
                 except trio.WouldBlock:
