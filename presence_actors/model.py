@@ -37,9 +37,7 @@ def strongest(statuses: list[Status]) -> Status:
     for status in statuses:
         if status is Status.ONLINE:
             return status
-        if status is Status.BUSY:
-            best = status
-        elif status is Status.AWAY and best is Status.OFFLINE:
+        if status is Status.BUSY or (status is Status.AWAY and best is Status.OFFLINE):
             best = status
     return best
 

@@ -214,8 +214,9 @@ class Registry:
         Messages are handled one at a time in arrival order; the pushes they
         cause go out in ticks: the registry yields once with a tick pending,
         and delivers it when nothing new arrived meanwhile, or once it was held
-        long enough while changes kept coming (see :mod:`.fanout`). A user actor that exceeds its restart
-        intensity makes this raise RestartIntensityExceeded.
+        long enough while changes kept coming (see :mod:`.fanout`). A user
+        actor that exceeds its restart intensity makes this raise
+        RestartIntensityExceeded.
         """
         turn = self._turn
         async with trio.open_nursery() as nursery:

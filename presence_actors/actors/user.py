@@ -34,13 +34,10 @@ from .messages import (
     Told,
 )
 from .user_state import (
-    Accepted,
     CloseSession,
     Deliver,
-    Ended,
     Outcome,
     Persist,
-    Publish,
     Rules,
     UserState,
 )

@@ -294,9 +294,7 @@ def view_of(state: UserState, now: float, rules: Rules) -> UserView:
 
 def _view(state: UserState, devices: tuple[DeviceView, ...], status: Status) -> UserView:
     last_seen = state.last_seen if status is Status.OFFLINE else state.seen_active
-    return UserView(
-        state.user_id, status, state.username, state.status_message, last_seen, devices
-    )
+    return UserView(state.user_id, status, state.username, state.status_message, last_seen, devices)
 
 
 def public_view(state: UserState, view: UserView) -> UserView:
