@@ -322,16 +322,21 @@ def next_deadline(state: UserState, now: float, rules: Rules) -> float:
     the actor never saw.
     """
     deadline = math.inf
-    shown_away = (
-        {d.device_id for d in state.shown.devices if d.status is Status.AWAY}
-        if state.shown is not None
-        else set()
-    )
+    # Asked after every message an actor handles: the devices shown away are
+    # only looked up when a session is online.
+    shown_away: set[str] | None = None
     for session in state.sessions:
         deadline = min(deadline, _last_heard(session) + rules.heartbeat_timeout)
-        # Away detection is pending until the session is shown away.
-        if session.status is Status.ONLINE and session.handle.device_id not in shown_away:
-            deadline = min(deadline, session.last_activity + rules.away_after)
+        if session.status is Status.ONLINE:
+            if shown_away is None:
+                shown_away = (
+                    {d.device_id for d in state.shown.devices if d.status is Status.AWAY}
+                    if state.shown is not None
+                    else set()
+                )
+            # Away detection is pending until the session is shown away.
+            if session.handle.device_id not in shown_away:
+                deadline = min(deadline, session.last_activity + rules.away_after)
     if state.grace is not None:
         deadline = min(deadline, state.grace.deadline)
     if state.push_due is not None:
