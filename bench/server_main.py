@@ -60,7 +60,8 @@ def _supervise(settings: Settings) -> int:
 def main() -> None:
     settings = load_settings(None)
     configure_logging(settings.logging)
-    if settings.server.workers > 1:
+    # getattr: a revision from before server.workers (--server-rev 8215680) runs too.
+    if getattr(settings.server, "workers", 1) > 1:
         sys.exit(_supervise(settings))
     trio.run(_serve, settings)
 

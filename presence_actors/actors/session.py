@@ -39,6 +39,16 @@ class Outbox(Protocol):
         ...
 
 
+class ClosedOutbox:
+    """The outbox of a handle whose transport is gone: it takes nothing."""
+
+    def offer(self, item: Outgoing) -> bool:
+        return False
+
+
+CLOSED_OUTBOX = ClosedOutbox()
+
+
 class MemoryOutbox:
     """A bounded outbox whose items wait in memory for one consumer task.
 
@@ -63,8 +73,14 @@ class MemoryOutbox:
         self._closed = False
         # The one consumer, while it waits for an item. Woken directly rather
         # than through a ParkingLot: every push and reply to the session wakes it.
+        # Cleared when it wakes or its wait is cancelled: no cycle outlives a wait.
         self._waiter: trio.lowlevel.Task | None = None
-        self.receive = MemoryOutbox.Receiver(self)
+
+    @property
+    def receive(self) -> MemoryOutbox.Receiver:
+        # A new end at each use, which holds the outbox but is not held by it:
+        # no reference cycle keeps an ended session's outbox for the collector.
+        return MemoryOutbox.Receiver(self)
 
     @property
     def queued_bytes(self) -> int:
@@ -235,6 +251,19 @@ class SessionHandle:
             return True
         self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
         return False
+
+    def unlink(self) -> None:
+        """Let go of the transport (its close hook and outbox) once it is gone.
+
+        The handle may outlive its transport in the engine's hands (until its
+        detach is processed), and the transport usually points back at it:
+        unlinked, both are freed by reference counting when they end instead of
+        waiting, with their buffers, for a full collection. Closing first, so
+        nothing is offered after.
+        """
+        self.closing = True
+        self.on_close = _ignore_close
+        self.outbox = CLOSED_OUTBOX
 
     def request_close(self, code: int, reason: str) -> None:
         if self.closing:

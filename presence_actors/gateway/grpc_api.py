@@ -15,7 +15,7 @@ anyone may see, like an ``/api`` read.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,9 @@ from .grpc_gen.presence.v1.presence_connect import (
 )
 from .grpc_guard import CODECS, COMPRESSIONS, rpc_receive
 from .grpc_sessions import TtlSessions, open_watcher
+from .grpc_unary import PATH as BULK_STATUS_PATH
+from .grpc_unary import FastBulkStatus
+from .http_params import user_ids_problem
 
 # Every protocol error code as a gRPC status code.
 GRPC_CODES: dict[ErrorCode, Code] = {
@@ -90,6 +93,25 @@ def user_status_data(view: UserView) -> pb.UserStatusData:
         status_message=view.status_message or "",
         username=view.username or "",
     )
+
+
+# The message of each user's current view, built once per view object (the
+# directory's views live until they change, and protobuf-py messages may be shared
+# by several responses: encoding only reads them). Never mutated once cached.
+_MESSAGE_LIMIT = 100_000
+_messages: dict[str, tuple[UserView, pb.UserStatusData]] = {}
+
+
+def user_status_message(view: UserView) -> pb.UserStatusData:
+    """``user_status_data(view)``, cached per view object (do not change the result)."""
+    entry = _messages.get(view.user_id)
+    if entry is not None and entry[0] is view:
+        return entry[1]
+    message = user_status_data(view)
+    if entry is None and len(_messages) >= _MESSAGE_LIMIT:
+        _messages.clear()
+    _messages[view.user_id] = (view, message)
+    return message
 
 
 def status_event(view: UserView, timestamp: int) -> pb.StatusUpdateEvent:
@@ -166,9 +188,9 @@ class PresenceGrpcService(PresenceService):
     ) -> pb.GetUserStatusResponse:
         """One user; an unknown or hidden one is OFFLINE with last_seen 0 (never NOT_FOUND)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            viewer = self._viewer(ctx.request_headers, request.viewer_id, "viewer_id")
             [view] = await self._views(viewer.user_id, self._target(request.user_id))
-            return pb.GetUserStatusResponse(success=True, data=user_status_data(view))
+            return pb.GetUserStatusResponse(success=True, data=user_status_message(view))
 
     async def get_multiple_user_status(
         self,
@@ -176,12 +198,18 @@ class PresenceGrpcService(PresenceService):
         ctx: RequestContext[pb.GetMultipleUserStatusRequest, pb.GetMultipleUserStatusResponse],
     ) -> pb.GetMultipleUserStatusResponse:
         """Users in the order asked (an empty list gives an empty answer)."""
+        return await self.multiple_status(ctx.request_headers, request)
+
+    async def multiple_status(
+        self, headers: Mapping[str, str], request: pb.GetMultipleUserStatusRequest
+    ) -> pb.GetMultipleUserStatusResponse:
+        """``get_multiple_user_status`` from the call's headers (also :mod:`.grpc_unary`'s)."""
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.viewer_id, "viewer_id")
+            viewer = self._viewer(headers, request.viewer_id, "viewer_id")
             targets = self._targets(request.user_ids, "user_ids")
             views = await self._views(viewer.user_id, targets) if targets else []
             return pb.GetMultipleUserStatusResponse(
-                success=True, data=[user_status_data(v) for v in views]
+                success=True, data=[user_status_message(v) for v in views]
             )
 
     async def subscribe_status_updates(
@@ -197,7 +225,7 @@ class PresenceGrpcService(PresenceService):
         (UNAVAILABLE).
         """
         with _as_grpc_status():
-            viewer = self._viewer(ctx, request.user_id, "user_id")
+            viewer = self._viewer(ctx.request_headers, request.user_id, "user_id")
             targets = self._targets(request.watch_user_ids, "watch_user_ids")
             if not targets:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, "watch_user_ids must not be empty")
@@ -247,11 +275,11 @@ class PresenceGrpcService(PresenceService):
         assert identity.user_id is not None
         return identity.user_id
 
-    def _viewer(self, ctx: RequestContext[Any, Any], claimed: str, name: str) -> Identity:
+    def _viewer(self, headers: Mapping[str, str], claimed: str, name: str) -> Identity:
         """Who reads or watches; anonymous when it names nobody in ``none`` mode."""
         if not claimed and self._settings.auth.mode == "none":
             return Identity(None)
-        return self._auth.acting_user(dict(ctx.request_headers), claimed, name)
+        return self._auth.acting_user(dict(headers), claimed, name)
 
     def _target(self, user_id: str) -> tuple[str]:
         _check_user_id(user_id, "user_id")
@@ -261,8 +289,10 @@ class PresenceGrpcService(PresenceService):
         most = self._settings.limits.max_ids_per_request
         if len(user_ids) > most:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} user ids per request")
-        for index, user_id in enumerate(user_ids):
-            _check_user_id(user_id, f"{name}[{index}]")
+        if user_ids:
+            problem = user_ids_problem(user_ids, name)
+            if problem is not None:
+                raise ProtocolError(ErrorCode.INVALID_USER_ID, problem)
         return tuple(user_ids)
 
     def _status_message(self, request: pb.SetUserStatusRequest) -> str | None:
@@ -303,6 +333,7 @@ class GrpcGateway:
         self._app = PresenceServiceASGIApplication(
             self.service, read_max_bytes=MAX_BODY, codecs=CODECS, compressions=COMPRESSIONS
         )
+        self.bulk_status = FastBulkStatus(self.service.multiple_status, self._app)
 
     def close_all(self, code: int, reason: str) -> None:
         """End the open streams (on shutdown, beside ``WebSocketGateway.close_all``)."""
@@ -325,4 +356,7 @@ class GrpcGateway:
                     request_scope.cancel()
                 return message
 
-            await self._app(scope, receive_watching, send)
+            if scope["path"] == BULK_STATUS_PATH:
+                await self.bulk_status.handle(scope, receive_watching, send)
+            else:
+                await self._app(scope, receive_watching, send)

@@ -158,6 +158,7 @@ class TtlSession:
 
     def _closed(self, code: int, reason: str) -> None:
         self.ended = True
+        self.handle.unlink()  # it points back here (close hook, outbox)
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
             waiter.send_nowait(None)

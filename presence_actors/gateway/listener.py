@@ -33,6 +33,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .admission import REFUSAL, Admission, accept_forever
 from .handshake import request_path
+from .http_direct import DirectQueries, is_presence_read
 from .websocket import WebSocketGateway
 
 log = logging.getLogger("presence_actors.listener")
@@ -77,6 +78,8 @@ class PortServer:
         self._context = WorkerContext(None)
         self._state = ConnectionState({})
         self._app = wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi")
+        # Bulk presence reads over HTTP/1.1 are served past hypercorn too (issue 13).
+        self._queries = DirectQueries(app, config)
 
     async def serve(
         self,
@@ -128,6 +131,7 @@ class PortServer:
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
             await self._context.terminated.set()  # hypercorn closes its idle connections
+            self._queries.close_idle()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 
     async def _tls_connection(self, stream: trio.SocketStream, *, context: ssl.SSLContext) -> None:
@@ -148,6 +152,12 @@ class PortServer:
                 if is_direct_upgrade(head):
                     await self._websockets.serve_direct(stream, head)
                     return
+                if is_presence_read(head):
+                    rest = await self._queries.serve(stream, head)
+                    if rest is None:
+                        await stream.aclose()
+                        return
+                    head = rest  # another request: hypercorn goes on from it
                 stream = _Replay(stream, head)
             # hypercorn types its stream as an SSLStream but takes any stream (it
             # asks for do_handshake and falls back to plain on AttributeError).
@@ -158,7 +168,14 @@ class PortServer:
                 self._state,
                 cast("trio.SSLStream[trio.SocketStream]", stream),
             )
-            await server
+            try:
+                await server
+            finally:
+                # hypercorn's server and its protocol hold each other (the
+                # protocol sends through the server's bound method): unlinked,
+                # the connection is freed by reference counting when it ends,
+                # not by a full collection long after (the soak's RSS growth).
+                vars(server).pop("protocol", None)
         except Exception:
             log.exception("a connection failed; the server goes on")
             with trio.CancelScope(shield=True):

@@ -210,8 +210,9 @@ class WebSocketSession:
                 self._close_code, self._close_reason = CLOSE_TOKEN_EXPIRED, "token expired"
         finally:
             # Before any await: from here on nothing is offered to or written by
-            # this session but its close (a no-op if the close started earlier).
-            self.handle.closing = True
+            # this session but its close (a no-op if the close started earlier),
+            # and the handle, which the engine may keep a while, lets go of it.
+            self.handle.unlink()
             self._connection.begin_close(self._close_code, self._close_reason)
             with trio.CancelScope(shield=True):
                 await self._engine.detach(self.handle)

@@ -55,9 +55,10 @@ class AsgiConnection:
         nursery.start_soon(self._writer)
 
     async def _writer(self) -> None:
+        receive = self.outbox.receive
         while True:
             try:
-                item, data = await self.outbox.receive.receive_entry()
+                item, data = await receive.receive_entry()
             except trio.EndOfChannel:
                 return
             await self._write(item, data)
@@ -87,10 +88,11 @@ class AsgiConnection:
         self.begin_close(code, reason)
         if code is None:
             return
+        receive = self.outbox.receive
         with trio.move_on_at(self._deadline):
             while True:
                 try:
-                    item, data = self.outbox.receive.receive_entry_nowait()
+                    item, data = receive.receive_entry_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 await self._write(item, data)
