@@ -190,12 +190,30 @@ class Fanout:
         return deliveries + await self._give_each(owed_to, turn)
 
     async def _to_followers(self, pending: dict[str, _Change], turn: Turn) -> int:
+        # _owed and _collect inlined, and whether the user is public asked once per
+        # change rather than once per watcher: this loop runs per change and watcher.
         owed_to: dict[SessionHandle, list[Push]] = {}
+        may_see = self._policy.may_see
         for user_id, change in pending.items():
+            shown, own, cause = change.shown, change.own, change.cause
+            public = shown is not None and self._policy.is_public(user_id)
             looked = 0
             for watcher in self._index.watchers_of(user_id):
                 looked += 1
-                self._collect(owed_to, watcher, user_id, change)
+                if watcher is cause:
+                    continue
+                if watcher.user_id == user_id:
+                    push = own
+                elif shown is not None and (public or may_see(watcher.user_id, user_id)):
+                    push = shown
+                else:
+                    continue
+                if push is not None:
+                    owed = owed_to.get(watcher)
+                    if owed is None:
+                        owed_to[watcher] = [push]
+                    else:
+                        owed.append(push)
             await turn.spend(1 + looked // 4)
         return await self._give_each(owed_to, turn)
 
