@@ -40,14 +40,18 @@ BYTES_PER_UNIT = 8192
 # (every change under light load) go out as soon as the registry is idle, so
 # under MockClock with few sessions the engine stays deterministic.
 PACE_ABOVE = 250
-# While changes keep arriving (the registry found a new message each time it
+# While changes keep arriving (the registry found a new message when it
 # yielded with a tick pending) the tick is held, so a watcher is woken and
 # written to once for many changes rather than once per change: at most this
 # many yields of the registry, and at most this long (trio time, so under
-# MockClock only the yields count). A change arriving at an idle server waits
-# one yield of the registry (a pass of the scheduler), no more.
+# MockClock only the yields count). It goes out after QUIET_YIELDS yields in a
+# row found nothing new: a change arriving at an idle server waits that many
+# passes of the scheduler, no clock time. One quiet yield was not enough: the
+# next change is often a task the scheduler runs after the registry in the
+# same pass (ticks of 3.5 changes in the engine bench).
 HOLD_YIELDS = 16
 HOLD_SECONDS = 0.002
+QUIET_YIELDS = 2
 # After a large tick, the next one waits this many times as long as the tick
 # took: fan-out then takes at most about a third of the loop while changes flood
 # in, and the rest (handshakes, welcomes, heartbeats, the writer) goes on. The
@@ -89,6 +93,7 @@ class Fanout:
         self._pending: dict[str, _Change] = {}
         self.due_at = -math.inf  # no tick is delivered before this (trio time)
         self.held = 0  # yields of the registry since the pending tick's first change
+        self._quiet = 0  # of them, the latest in a row that found nothing new
         self._first_at = math.inf  # when the pending tick's first change came (trio time)
 
     @property
@@ -115,14 +120,22 @@ class Fanout:
     def due(self, now: float) -> bool:
         return bool(self._pending) and now >= self.due_at
 
-    def held_enough(self, now: float) -> bool:
-        """Whether the pending tick waited its most for more changes to join it."""
-        return self.held >= HOLD_YIELDS or now >= self._first_at + HOLD_SECONDS
+    def note_yield(self, *, quiet: bool) -> None:
+        """The registry came back from waiting; ``quiet``: with nothing new."""
+        self._quiet = self._quiet + 1 if quiet else 0
+
+    def ready(self, now: float) -> bool:
+        """Whether the pending tick should go out now (see QUIET_YIELDS, HOLD_YIELDS)."""
+        return (
+            self._quiet >= QUIET_YIELDS
+            or self.held >= HOLD_YIELDS
+            or now >= self._first_at + HOLD_SECONDS
+        )
 
     async def flush(self, turn: Turn, now: float) -> None:
         """Deliver the tick's pushes; a checkpoint whenever ``turn`` is spent."""
         pending, self._pending = self._pending, {}
-        self.held = 0
+        self.held = self._quiet = 0
         started = time.perf_counter()
         if self._index.contacts_mode:
             deliveries = await self._to_followers(pending, turn)

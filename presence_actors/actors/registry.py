@@ -212,8 +212,8 @@ class Registry:
         """Serve the intake until cancelled; user actors live in this task's nursery.
 
         Messages are handled one at a time in arrival order; the pushes they
-        cause go out in ticks: the registry yields once with a tick pending,
-        and delivers it when nothing new arrived meanwhile, or once it was held
+        cause go out in ticks: the registry yields with a tick pending, and
+        delivers it when nothing new arrived in two yields, or once it was held
         long enough while changes kept coming (see :mod:`.fanout`). A user
         actor that exceeds its restart intensity makes this raise
         RestartIntensityExceeded.
@@ -227,7 +227,7 @@ class Registry:
             while True:
                 message = await self._next()
                 # None: the registry yielded for a held tick and nothing came meanwhile.
-                quiet = message is None
+                self._fanout.note_yield(quiet=message is None)
                 turn.restart()
                 while message is not None:
                     await self._dispatch(message)
@@ -239,7 +239,7 @@ class Registry:
                     except trio.WouldBlock:
                         message = None
                 now = trio.current_time()
-                if self._fanout.due(now) and (quiet or self._fanout.held_enough(now)):
+                if self._fanout.due(now) and self._fanout.ready(now):
                     await self._fanout.flush(turn, now)
                     self._drop_lost()
 
