@@ -49,9 +49,7 @@ def test_user_lists_encode_like_the_generic_path(
 def test_a_heartbeat_ack_encodes_like_the_generic_path(
     stamp: int, request_id: str | None, interval: float
 ) -> None:
-    ack = p.HeartbeatAck(
-        timestamp=stamp, request_id=request_id, next_heartbeat_in_seconds=interval
-    )
+    ack = p.HeartbeatAck(timestamp=stamp, request_id=request_id, next_heartbeat_in_seconds=interval)
     assert orjson.loads(codec.encode_bytes(ack)) == codec.to_wire(ack)
 
 
@@ -117,6 +115,7 @@ def test_cached_view_encodings_cost_their_size_not_a_buffer() -> None:
 def test_pushes_and_replies_cost_their_size_while_they_wait_in_outboxes() -> None:
     view = UserView("alice", Status.BUSY, last_seen=1)
     assert _retained_per_object(lambda i: codec.make_push(view, i)) < 1_500
+
     def ack(index: int) -> bytes:
         return codec.encode_bytes(p.HeartbeatAck(timestamp=index, next_heartbeat_in_seconds=30))
 
@@ -147,3 +146,27 @@ def test_a_bulk_answer_never_taken_is_freed_with_its_message() -> None:
     answer = p.AllUsers(timestamp=1, request_id="kept", users=tuple(views), next_cursor=None)
     codec.prepare_bulk(answer, pieces)
     assert orjson.loads(codec.encode_bytes(answer))["requestId"] == "kept"
+
+
+@given(
+    extra=st.dictionaries(
+        st.sampled_from(["requestId", "active", "userId", "pad"]),
+        st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+        max_size=2,
+    )
+)
+def test_a_plain_heartbeat_is_structured_like_the_generic_path(extra: dict[str, object]) -> None:
+    """The heartbeat shortcut (``type`` and a short string ``requestId`` only) gives what
+    the converter gives, and every other shape, refusals included, is the converter's."""
+    raw = {"type": "heartbeat", **extra}
+    try:
+        generic: object = codec.structure(raw, p.Heartbeat, "heartbeat")
+    except p.ProtocolError as exc:
+        generic = (exc.code, exc.message)
+    try:
+        fast: object = codec.structure_client_message(raw)
+    except p.ProtocolError as exc:
+        fast = (exc.code, exc.message)
+    assert fast == generic
+    assert codec.structure_client_message({"type": "heartbeat"}) is codec.BARE_HEARTBEAT
+    assert orjson.loads(codec.BARE_HEARTBEAT_JSON) == {"type": "heartbeat"}

@@ -251,3 +251,49 @@ def test_invalid_utf8_fails_at_the_fragment_that_shows_it() -> None:
     received = reader.next()
     assert received is not None
     assert (received.kind, received.code) == (Kind.FAILED, 1007)
+
+
+def _masked(first: int, payload: bytes, *, masked: bool = True) -> bytes:
+    mask = b"\x11\x22\x33\x44"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((first, (0x80 if masked else 0) | len(payload))) + (
+        mask + body if masked else payload
+    )
+
+
+_reads = st.one_of(
+    st.binary(max_size=40).map(lambda p: _masked(0x81, p)),  # text, maybe invalid UTF-8
+    st.text(max_size=40).map(lambda t: _masked(0x81, t.encode())),
+    st.binary(max_size=20).map(lambda p: _masked(0x82, p)),  # binary
+    st.binary(max_size=20).map(lambda p: _masked(0x01, p)),  # a first fragment
+    st.binary(max_size=20).map(lambda p: _masked(0x80, p)),  # a last fragment
+    st.binary(max_size=20).map(lambda p: _masked(0xC1, p)),  # a reserved bit
+    st.binary(max_size=20).map(lambda p: _masked(0x81, p, masked=False)),
+    st.binary(max_size=30),  # whatever bytes, cut anywhere
+)
+
+
+@given(reads=st.lists(_reads, max_size=6), limit=st.sampled_from([8, 125, 65536]))
+def test_a_read_taken_whole_is_what_the_general_reader_makes_of_it(
+    reads: list[bytes], limit: int
+) -> None:
+    """The direct path's shortcut (one small text frame per read, decoded from the
+    read itself) answers exactly what feeding the read would: the same messages,
+    the same refusals (size, UTF-8, masking, reserved bits, fragments)."""
+
+    def through(shortcut: bool) -> list[object]:
+        reader = FrameReader(limit)
+        found: list[object] = []
+        for data in reads:
+            if shortcut:
+                text = reader.whole_text(memoryview(bytearray(data)))
+                if text is not None:
+                    found.append(("text", text))
+                    continue
+            else:
+                reader.feed(data)
+            while (received := reader.next()) is not None:
+                found.append(("text", received.data) if received.kind is Kind.TEXT else received)
+        return found
+
+    assert through(shortcut=True) == through(shortcut=False)

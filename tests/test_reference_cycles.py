@@ -24,7 +24,7 @@ import trio
 
 from presence_actors.gateway.server import RunningServer
 
-from .raw_ws import OP_CLOSE, client_frame, close_payload, text, upgrade_head
+from .raw_ws import OP_BINARY, OP_CLOSE, OP_TEXT, client_frame, close_payload, text, upgrade_head
 from .server_harness import running_server
 
 # What a connection of each kind holds; none of these may need the collector.
@@ -78,7 +78,18 @@ async def _websocket(server: RunningServer, user_id: str, end: str) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", _port(server))
     await stream.send_all(upgrade_head(f"/ws?userId={user_id}&deviceId=d-{user_id}"))
     await _read_to_end(stream, until=b"welcome")
-    if end == "close":
+    if end == "junk":  # every kind of refused message, then a clean close
+        refused = [
+            {"type": "get_presence", "userIds": ["a b"]},
+            {"type": "set_status", "status": "sleeping"},
+            {"type": "set_status"},
+            {"type": "no_such_type"},
+        ]
+        await stream.send_all(b"".join(text(message) for message in refused))
+        await stream.send_all(client_frame(OP_TEXT, b"{not json") + client_frame(OP_BINARY, b"x"))
+        await stream.send_all(client_frame(OP_CLOSE, close_payload(1000)))
+        await _read_to_end(stream)
+    elif end == "close":
         await stream.send_all(text({"type": "subscribe", "userIds": ["someone"]}))
         await stream.send_all(client_frame(OP_CLOSE, close_payload(1000)))
         await _read_to_end(stream)
@@ -118,10 +129,18 @@ Ending = Callable[[RunningServer, str, str], Awaitable[None]]
         (_websocket, "close"),
         (_websocket, "reset"),
         (_websocket, "silence"),
+        (_websocket, "junk"),
         (_rest, ""),
         (_grpc_ttl, ""),
     ],
-    ids=["websocket-close", "websocket-reset", "websocket-heartbeat-timeout", "rest", "grpc-ttl"],
+    ids=[
+        "websocket-close",
+        "websocket-reset",
+        "websocket-heartbeat-timeout",
+        "websocket-refused-messages",
+        "rest",
+        "grpc-ttl",
+    ],
 )
 async def test_an_ended_connection_needs_no_garbage_collector(
     tmp_path: Path, connect: Ending, end: str

@@ -128,8 +128,35 @@ class FrameReader:
         self._utf8 = _utf8_decoder()
         self._done = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._buffer += data
+
+    def whole_text(self, data: bytes | memoryview) -> str | None:
+        """The text of ``data`` when it is exactly one small, masked, unfragmented
+        text frame and nothing else is pending: the usual client message (a
+        heartbeat) read without buffering or any object but its text. Otherwise
+        ``data`` is fed, as :meth:`feed`, and None returned: :meth:`next` then
+        reads it by the general rules (with their errors).
+
+        The same checks hold: the mask bit, no reserved bits, the size limit,
+        strict UTF-8 (invalid text takes the general path, which fails it).
+        """
+        size = len(data) - 6
+        if (
+            0 <= size < 126
+            and data[0] == _FIN | OP_TEXT
+            and data[1] == 0x80 | size
+            and size <= self._max
+            and not self._buffer
+            and not self._fragments
+            and not self._done
+        ):
+            try:
+                return _unmask(data[6:], bytes(data[2:6])).decode()
+            except UnicodeDecodeError:
+                pass
+        self._buffer += data
+        return None
 
     def next(self) -> Received | None:
         """The next complete thing received, or None until more bytes are fed."""
@@ -253,10 +280,10 @@ def _close(payload: bytes) -> Received:
     return Received(Kind.CLOSE, code=code, reason=reason)
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def _unmask(payload: bytes | memoryview, mask: bytes) -> bytes:
     size = len(payload)
     if not size:
-        return payload
+        return b""
     # XOR as one big integer: far faster in CPython than byte by byte.
     key = (mask * (size // 4 + 1))[:size]
     value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 
 import orjson
@@ -76,7 +77,16 @@ class WebSocketGateway:
                 await stream.send_all(exc.response)
             await stream.aclose()
             return
-        await stream.send_all(upgrade.response)
+        # The 101 goes in one write: a fresh socket's kernel buffer takes it whole,
+        # without the stream's send machinery; what it does not take (or an error) is
+        # left to send_all.
+        response = upgrade.response
+        try:
+            sent = os.write(stream.socket.fileno(), response)
+        except OSError:
+            sent = 0
+        if sent < len(response):
+            await stream.send_all(response[sent:])
         connection = DirectConnection(stream, self.metrics, self.settings.limits)
         connection.feed(upgrade.rest)
         await self._serve(connection, upgrade.query, upgrade.headers)
@@ -227,6 +237,9 @@ class WebSocketSession:
         most = self._limits.max_message_bytes
         silence = self._gateway.settings.presence.heartbeat_timeout if self._observer else math.inf
         receive = self._connection.receive
+        request = self._engine.request
+        handle = self.handle
+        messages_in = self._gateway.metrics.messages_in
         while True:
             if silence == math.inf:
                 # A session's silence is its actor's heartbeat timer to judge: no
@@ -252,6 +265,11 @@ class WebSocketSession:
                     self.close(CLOSE_POLICY, "rate limit exceeded")
                     return
                 continue
+            if incoming == codec.BARE_HEARTBEAT_JSON:
+                # The usual message by far: known without parsing it.
+                messages_in["heartbeat"] += 1
+                await request(handle, codec.BARE_HEARTBEAT)
+                continue
             if isinstance(incoming, bytes):
                 self._fail(
                     ErrorCode.INVALID_MESSAGE,
@@ -269,8 +287,8 @@ class WebSocketSession:
             except ProtocolError as exc:
                 self._fail(exc.code, exc.message, codec.request_id_of(raw))
                 continue
-            self._gateway.metrics.messages_in[message.TYPE] += 1
-            await self._engine.request(self.handle, message)
+            messages_in[message.TYPE] += 1
+            await request(handle, message)
 
     def _fail(self, code: ErrorCode, message: str, request_id: str | None) -> None:
         self.handle.deliver(

@@ -39,7 +39,7 @@ from .wsconn import FINISH_TIMEOUT, SLOW_FINISH_TIMEOUT, TOO_LARGE, Incoming, co
 
 _RECEIVE_SIZE = 65536
 # Every direct connection reads into this one buffer: the event loop's thread is the
-# only reader, and each read is copied out before the next can start.
+# only reader, and each read is decoded or copied out before the next can start.
 _READ_VIEW = memoryview(bytearray(_RECEIVE_SIZE))
 # After the close frame, how long and how much of the peer's input is read and
 # dropped while waiting for it to close (see DirectConnection._end_input).
@@ -268,47 +268,45 @@ class DirectConnection:
 
     # --- receiving -------------------------------------------------------------------
 
-    async def _read(self) -> bytes:
-        """The peer's next bytes; b"" once it closed, reset or the socket was closed.
-
-        Waits for the socket to be readable before reading: more is asked for
-        only when what was read holds no whole message, and then the kernel
-        has almost never more yet (an idle connection's next heartbeat is
-        seconds away), so reading first, as ``receive_some`` does, would cost a
-        failed read and an exception per message. A checkpoint, always.
-        """
-        socket_ = self._stream.socket
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(socket_)
-            except (trio.ClosedResourceError, trio.BusyResourceError):
-                return b""
-            try:
-                # The descriptor now, as for writes: -1 once closed, and the read fails.
-                count = os.readv(self._fileno(), (_READ_VIEW,))
-                # Copied out at its size before any other read: no 64 KiB allocation
-                # per read shrunk to the few bytes a heartbeat is.
-                return bytes(_READ_VIEW[:count])
-            except BlockingIOError:
-                continue  # woken with nothing to read (another event on the socket)
-            except OSError:
-                return b""
-
     async def receive(self) -> Incoming:
         """The next complete message; answers pings and the close handshake itself.
 
         None once the peer closed, failed the protocol or left (the close is
         then started: see :meth:`begin_close`).
+
+        Waits for the socket to be readable before reading: more is asked for
+        only when what was read holds no whole message, and then the kernel
+        has almost never more yet (an idle connection's next heartbeat is
+        seconds away), so reading first, as ``receive_some`` does, would cost a
+        failed read and an exception per message. A read that is exactly one
+        small text frame (a heartbeat) is decoded straight from the read
+        buffer (:meth:`FrameReader.whole_text`). A checkpoint, always.
         """
         reader = self._reader
+        socket_ = self._stream.socket
         while True:
             received = reader.next()
             if received is None:
-                data = await self._read()
-                if not data:
+                try:
+                    await trio.lowlevel.wait_readable(socket_)
+                except (trio.ClosedResourceError, trio.BusyResourceError):
+                    count = 0
+                else:
+                    try:
+                        # The descriptor now, as for writes: -1 once closed, and the read fails.
+                        count = os.readv(self._fileno(), (_READ_VIEW,))
+                    except BlockingIOError:
+                        continue  # woken with nothing to read (another event on the socket)
+                    except OSError:
+                        count = 0
+                if not count:
                     self.begin_close(None, "")
                     return None
-                reader.feed(data)
+                # Taken out of the shared buffer (decoded, or copied into the reader)
+                # before any other read can start.
+                text = reader.whole_text(_READ_VIEW[:count])
+                if text is not None:
+                    return text
                 continue
             kind = received.kind
             if kind is Kind.TEXT or kind is Kind.BINARY:
