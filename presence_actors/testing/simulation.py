@@ -40,7 +40,7 @@ from . import events as ev
 from .epochs import StoreState, read_store
 from .report import Counters, Result
 from .schedule import MEAN_GAP, Schedule, generate
-from .scheduler import InlineStore, Watchdog, seeded_scheduling
+from .scheduler import InlineStore, Watchdog, seeded_scheduling, still_clock
 from .world import Invariant, World
 
 # Trio time t is unix second EPOCH + t in every timestamp the engine makes.
@@ -100,8 +100,8 @@ class Simulation:
                 tempfile.TemporaryDirectory(prefix="presence-sim-", dir=_fast_dir()) as tmp,
                 seeded_scheduling(schedule.seed),
             ):
-                clock = trio.testing.MockClock(autojump_threshold=0)
-                watchdog = Watchdog(self.watchdog_rounds)
+                clock = still_clock()
+                watchdog = Watchdog(clock, self.watchdog_rounds)
                 trio.run(
                     self._main,
                     schedule,
