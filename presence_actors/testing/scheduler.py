@@ -101,6 +101,45 @@ def still_clock() -> trio.testing.MockClock:
     return clock
 
 
+async def pass_time(clock: trio.testing.MockClock, until: float) -> None:
+    """Let the clock run to ``until``, each deadline on the way firing at its own
+    moment; return once every task waits at ``until`` (timers due then have run).
+
+    What ``trio.sleep_until(until)`` and then ``wait_all_tasks_blocked()`` do on an
+    autojumping MockClock, without a deadline of the caller's own: that costs a
+    cancel scope and a Cancelled exception each time (some 80 µs, a tenth of a
+    simulated event). Instead, whenever every task waits, the clock jumps to the
+    earliest deadline, or to ``until`` if none comes first, by the subtraction
+    autojump makes (the same times to the last bit). The caller is not among the
+    tasks a deadline wakes, so ready tasks are ordered as the seed draws them
+    among the engine's tasks alone. Where this trio does not show its deadlines,
+    it is the sleep and the wait.
+    """
+    next_deadline = _next_deadline_reader()
+    if next_deadline is None:
+        await trio.sleep_until(until)
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        deadline = next_deadline()
+        jump = min(deadline, until) - clock.current_time()
+        if jump > 0:
+            clock.jump(jump)
+        if deadline > until:
+            return
+
+
+def _next_deadline_reader() -> Callable[[], float] | None:
+    """The run's ``Deadlines.next_deadline`` (the earliest live deadline), if this
+    trio has it where trio 0.35 keeps it."""
+    from trio._core import _run
+
+    runner = getattr(getattr(_run, "GLOBAL_RUN_CONTEXT", None), "runner", None)
+    reader = getattr(getattr(runner, "deadlines", None), "next_deadline", None)
+    return reader if callable(reader) else None
+
+
 class Watchdog(trio.abc.Instrument):
     """Cancels ``scope`` when trio's clock stops moving: a livelock.
 

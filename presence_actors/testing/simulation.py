@@ -40,7 +40,7 @@ from . import events as ev
 from .epochs import StoreState, read_store
 from .report import Counters, Result
 from .schedule import MEAN_GAP, Schedule, generate
-from .scheduler import InlineStore, Watchdog, seeded_scheduling, still_clock
+from .scheduler import InlineStore, Watchdog, pass_time, seeded_scheduling, still_clock
 from .world import Invariant, World
 
 # Trio time t is unix second EPOCH + t in every timestamp the engine makes.
@@ -74,6 +74,7 @@ class Simulation:
         watchdog_rounds: int = 100_000,
     ) -> None:
         self.watchdog_rounds = watchdog_rounds
+        self._clock = still_clock()  # each run's own, from run()
         self.seed = seed
         self.invariants = dict(invariants or {})
         self.users = users
@@ -100,7 +101,7 @@ class Simulation:
                 tempfile.TemporaryDirectory(prefix="presence-sim-", dir=_fast_dir()) as tmp,
                 seeded_scheduling(schedule.seed),
             ):
-                clock = still_clock()
+                clock = self._clock = still_clock()
                 watchdog = Watchdog(clock, self.watchdog_rounds)
                 trio.run(
                     self._main,
@@ -219,8 +220,7 @@ class Simulation:
         checked on time; the engine's own timers fire as they come."""
         while True:
             wake = min(world.next_heartbeat(), world.lag.next_due(), until)
-            await trio.sleep_until(wake)
-            await trio.testing.wait_all_tasks_blocked()  # timers due now go first
+            await pass_time(self._clock, wake)  # the engine's timers due by then go first
             if wake >= until:
                 return
             now = trio.current_time()
