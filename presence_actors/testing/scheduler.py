@@ -101,7 +101,7 @@ def still_clock() -> trio.testing.MockClock:
     return clock
 
 
-async def pass_time(clock: trio.testing.MockClock, until: float) -> None:
+async def pass_time(clock: trio.testing.MockClock, until: float, *, idle: bool = False) -> None:
     """Let the clock run to ``until``, each deadline on the way firing at its own
     moment; return once every task waits at ``until`` (timers due then have run).
 
@@ -114,14 +114,23 @@ async def pass_time(clock: trio.testing.MockClock, until: float) -> None:
     tasks a deadline wakes, so ready tasks are ordered as the seed draws them
     among the engine's tasks alone. Where this trio does not show its deadlines,
     it is the sleep and the wait.
+
+    ``idle``: the caller has not yielded since a ``wait_all_tasks_blocked`` of its
+    own returned (it was woken alone, so every other task still waits) and has
+    woken no task since; the first wait, which would return at the next round
+    with nothing run in between, is skipped. (Checked: no task may be runnable.)
     """
     next_deadline = _next_deadline_reader()
     if next_deadline is None:
         await trio.sleep_until(until)
         await trio.testing.wait_all_tasks_blocked()
         return
+    if idle and trio.lowlevel.current_statistics().tasks_runnable:
+        idle = False
     while True:
-        await trio.testing.wait_all_tasks_blocked()
+        if not idle:
+            await trio.testing.wait_all_tasks_blocked()
+        idle = False
         deadline = next_deadline()
         jump = min(deadline, until) - clock.current_time()
         if jump > 0:

@@ -191,9 +191,10 @@ class Simulation:
     ) -> tuple[int, ev.Restart | None]:
         """Play events from ``index`` up to a restart (returned) or the end."""
         counters = world.counters
+        idle = False  # at the start of an epoch the engine may still be starting
         while index < len(timeline):
             number, event = timeline[index]
-            await self._advance(world, event.at)
+            await self._advance(world, event.at, idle=idle)
             if isinstance(event, ev.Restart):
                 world.step = number
                 counters.events += 1
@@ -213,14 +214,17 @@ class Simulation:
                 index += 1
             await world.heartbeats(now)
             await self._checked(world, now)
+            idle = True
         return index, None
 
-    async def _advance(self, world: World, until: float) -> None:
+    async def _advance(self, world: World, until: float, *, idle: bool = False) -> None:
         """Let time pass up to ``until``: heartbeats go out and lagging views are
-        checked on time; the engine's own timers fire as they come."""
+        checked on time; the engine's own timers fire as they come. ``idle``: the
+        caller comes straight from :meth:`_checked` (every task waits)."""
         while True:
             wake = min(world.next_heartbeat(), world.lag.next_due(), until)
-            await pass_time(self._clock, wake)  # the engine's timers due by then go first
+            # The engine's timers due by then go first.
+            await pass_time(self._clock, wake, idle=idle)
             if wake >= until:
                 return
             now = trio.current_time()
@@ -228,8 +232,10 @@ class Simulation:
             await world.heartbeats(now)
             if world.reactions:
                 await self._checked(world, now)
+                idle = True
             else:
                 world.check(now)  # bare heartbeats are answered at once: nothing to settle
+                idle = False
 
     async def _settle(self, world: World) -> None:
         """Until every task waits and nothing more is to be done by the clients."""
@@ -260,7 +266,7 @@ class Simulation:
                 await world.drop(session)
         world.truth.advance(trio.current_time())
         await self._checked(world, trio.current_time())
-        await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN)
+        await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN, idle=True)
         now = trio.current_time()
         world.truth.advance(now)
         await self._checked(world, now)
