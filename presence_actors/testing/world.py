@@ -205,6 +205,8 @@ class World:
                     case Identify(username=username):
                         truth.identify(user_id, device, number, username, now)
                         self.acknowledged_profile(user_id, now)
+                        # Activity too: back from away, unpushed to this session.
+                        self._knows_own_status(session, now)
                     case Logout():
                         truth.remove(user_id, device, number, now, logout=True)
                     case _:  # activity, an active heartbeat
