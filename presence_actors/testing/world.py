@@ -550,7 +550,8 @@ class World:
                     f"{session!r} was told lastSeen {last_seen} of {target} after {before}",
                 )
             told[target] = last_seen
-        if session.live and self.follows(session, target):
+        # follows(), its answer for the everyone fan-out without a call.
+        if session.live and (not self.contacts_mode or self.follows(session, target)):
             views = session.views
             if target not in views:
                 self._watchers[target].add(session)
@@ -580,8 +581,12 @@ class World:
     def _forget(self, session: SimSession) -> None:
         """The session is no longer read: nothing it knows is checked any more."""
         self.live.pop(session.number, None)
-        for target in list(session.views):
-            self._unlearn(session, target)
+        watchers = self._watchers
+        forget_pair = self.lag.forget_pair
+        for target in session.views:  # _unlearn of each, in one loop
+            watchers[target].discard(session)
+            forget_pair((session, target))
+        session.views.clear()
 
     def welcomed(self, session: SimSession, now: float) -> None:
         if session.closed:
