@@ -294,11 +294,18 @@ def _nothing_lost(
     )
     result.add(
         "slow_not_closed",
-        "slow readers not closed (read everything)",
+        "slow readers not closed (read answers past the bound)",
         report.get("slow_not_closed"),
         "",
         digits=0,
         aim=zero,
+    )
+    result.add(
+        "slow_within_bound",
+        "  not closed: their answers fit the bound (as they should)",
+        report.get("slow_within_bound"),
+        "",
+        digits=0,
     )
     result.details.update(
         {
