@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from .cluster_harness import open_nodes, request, until_pushed
-from .process_harness import RawClient, ws_client
+from .process_harness import RawClient, ServerProcess, ws_client
 from .redis_harness import REDIS_CLI, REDIS_SERVER, open_redis, redis_cli
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -44,10 +44,12 @@ async def shown_online(watcher: RawClient, state: dict[str, Any], user_id: str) 
     await until_pushed(watcher, user_id, "online")
 
 
-async def test_a_change_asks_redis_nothing_before_its_merge(tmp_path: Path) -> None:
-    """No SCRIPT EXISTS before each batch of merges (coredis's script object asks
-    before every pipeline it runs in: a round trip per change at this pace); and after
-    SCRIPT FLUSH, a change is still merged and pushed."""
+@asynccontextmanager
+async def alice_watched_across_nodes(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Any, ServerProcess, RawClient, RawClient]]:
+    """Redis, two nodes (a, b), a watcher on b following its contact alice on a, both
+    connected and the watcher shown alice online: (redis, b, watcher, alice)."""
     async with (
         open_redis(tmp_path / "redis") as redis,
         open_nodes(tmp_path, redis.url, presence={"fanout": "contacts"}) as (a, b),
@@ -61,23 +63,31 @@ async def test_a_change_asks_redis_nothing_before_its_merge(tmp_path: Path) -> N
             state = await watcher.expect("presence_state")
             await alice.expect("presence_state")
             await shown_online(watcher, state, "alice")
-            await redis_cli(redis.port, "config", "resetstat")
-            for number in range(CHANGES):
-                shown = "busy" if number % 2 == 0 else "online"
-                await alice.request({"type": "set_status", "status": shown}, "status_updated")
-                await until_pushed(watcher, "alice", shown)
-                # Apart, so that each change is a batch of its own.
-                await trio.sleep(0.05)
-            stats = await redis_cli(redis.port, "info", "commandstats")
-            assert calls(stats, "evalsha") >= CHANGES
-            assert calls(stats, "script|exists") == 0
-            # Redis forgets its scripts (a restart, a failover, SCRIPT FLUSH).
-            await redis_cli(redis.port, "script", "flush")
-            await alice.request({"type": "set_status", "status": "busy"}, "status_updated")
-            pushed = await until_pushed(watcher, "alice", "busy")
-            assert pushed["userId"] == "alice"
-            stats = await redis_cli(redis.port, "info", "commandstats")
-            assert calls(stats, "script|load") >= 1
+            yield redis, b, watcher, alice
+
+
+async def test_a_change_asks_redis_nothing_before_its_merge(tmp_path: Path) -> None:
+    """No SCRIPT EXISTS before each batch of merges (coredis's script object asks
+    before every pipeline it runs in: a round trip per change at this pace); and after
+    SCRIPT FLUSH, a change is still merged and pushed."""
+    async with alice_watched_across_nodes(tmp_path) as (redis, _, watcher, alice):
+        await redis_cli(redis.port, "config", "resetstat")
+        for number in range(CHANGES):
+            shown = "busy" if number % 2 == 0 else "online"
+            await alice.request({"type": "set_status", "status": shown}, "status_updated")
+            await until_pushed(watcher, "alice", shown)
+            # Apart, so that each change is a batch of its own.
+            await trio.sleep(0.05)
+        stats = await redis_cli(redis.port, "info", "commandstats")
+        assert calls(stats, "evalsha") >= CHANGES
+        assert calls(stats, "script|exists") == 0
+        # Redis forgets its scripts (a restart, a failover, SCRIPT FLUSH).
+        await redis_cli(redis.port, "script", "flush")
+        await alice.request({"type": "set_status", "status": "busy"}, "status_updated")
+        pushed = await until_pushed(watcher, "alice", "busy")
+        assert pushed["userId"] == "alice"
+        stats = await redis_cli(redis.port, "info", "commandstats")
+        assert calls(stats, "script|load") >= 1
 
 
 @asynccontextmanager
@@ -137,37 +147,26 @@ async def test_on_a_single_redis_a_change_is_one_round_trip(tmp_path: Path) -> N
     """The read model (list order, stored views, audit stream) is written by the merge
     itself, not by commands the node sends after it; and what it writes is read back:
     get_all_users, the online count and the audit log on the other node."""
-    async with (
-        open_redis(tmp_path / "redis") as redis,
-        open_nodes(tmp_path, redis.url, presence={"fanout": "contacts"}) as (a, b),
-    ):
-        status, _ = await request(
-            f"{b.base_url}/api/admin/users/alice/contacts", "PUT", {"contacts": ["watcher"]}
-        )
+    async with alice_watched_across_nodes(tmp_path) as (redis, b, watcher, alice):
+        async with monitoring(redis.port) as lines:
+            for number in range(CHANGES):
+                shown = "busy" if number % 2 == 0 else "online"
+                await alice.request({"type": "set_status", "status": shown}, "status_updated")
+                await until_pushed(watcher, "alice", shown)
+                await trio.sleep(0.05)  # apart: each change a batch of its own
+        assert run_by_clients(lines, "evalsha") >= CHANGES
+        for command in ("zadd", "xadd", "srem"):
+            assert run_by_clients(lines, command) == 0, command
+        assert run_by_scripts(lines, "zadd") >= CHANGES
+        assert run_by_scripts(lines, "xadd") >= 2 * CHANGES  # the user's history, the audit
+        listed = await watcher.request({"type": "get_all_users", "limit": 10}, "all_users")
+        shown_as = {u["userId"]: u["status"] for u in listed["users"]}
+        assert shown_as["alice"] == "online"
+        count = await watcher.request({"type": "get_online_count"}, "online_count")
+        assert count["count"] == 2
+        status, events = await request(f"{b.base_url}/api/admin/events?limit=3")
         assert status == 200
-        async with ws_client(b, "watcher") as watcher, ws_client(a, "alice") as alice:
-            state = await watcher.expect("presence_state")
-            await alice.expect("presence_state")
-            await shown_online(watcher, state, "alice")
-            async with monitoring(redis.port) as lines:
-                for number in range(CHANGES):
-                    shown = "busy" if number % 2 == 0 else "online"
-                    await alice.request({"type": "set_status", "status": shown}, "status_updated")
-                    await until_pushed(watcher, "alice", shown)
-                    await trio.sleep(0.05)  # apart: each change a batch of its own
-            assert run_by_clients(lines, "evalsha") >= CHANGES
-            for command in ("zadd", "xadd", "srem"):
-                assert run_by_clients(lines, command) == 0, command
-            assert run_by_scripts(lines, "zadd") >= CHANGES
-            assert run_by_scripts(lines, "xadd") >= 2 * CHANGES  # the user's history, the audit
-            listed = await watcher.request({"type": "get_all_users", "limit": 10}, "all_users")
-            shown_as = {u["userId"]: u["status"] for u in listed["users"]}
-            assert shown_as["alice"] == "online"
-            count = await watcher.request({"type": "get_online_count"}, "online_count")
-            assert count["count"] == 2
-            status, events = await request(f"{b.base_url}/api/admin/events?limit=3")
-            assert status == 200
-            assert [(e["userId"], e["status"]) for e in events["events"]][:2] == [
-                ("alice", "online"),
-                ("alice", "busy"),
-            ]
+        assert [(e["userId"], e["status"]) for e in events["events"]][:2] == [
+            ("alice", "online"),
+            ("alice", "busy"),
+        ]
