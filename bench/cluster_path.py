@@ -5,7 +5,7 @@
 The node's side of a change in a cluster, on a real redis-server (started here, no
 persistence, pinned to the same core as this process, as in ``bench fanout
 --redis auto``): the publisher merges each report in Redis (merge.lua, one pipeline
-per batch) and writes the read model (a second pipeline); a second link, as another
+per batch; on a single Redis the script writes the read model too); a second link, as another
 node watching the users, takes each change from pub/sub and decodes it; the first
 link also gets its own changes back (the echo, dropped). Three figures per batch
 size, each in CPU microseconds per change (``time.process_time``: this process,

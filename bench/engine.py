@@ -1,6 +1,6 @@
 """Engine throughput without a network: status changes through registry, actor and fan-out.
 
-    python bench/engine.py [--changes N] [--users U] [--watchers W] [--json]
+    python bench/engine.py [--changes N] [--users U] [--watchers W] [--json] [--profile F]
 
 Pins itself to one core. U users each hold one in-memory session and change
 status in turn (online <-> busy); W watcher sessions subscribe to all of them
@@ -15,6 +15,7 @@ persistence figures: rows/s batched vs one transaction per row.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import sys
 import tempfile
@@ -72,7 +73,7 @@ LAST = "u-last"
 
 
 async def _engine_run(
-    changes: int, users: int, watchers: int, window: int, path: Path
+    changes: int, users: int, watchers: int, window: int, path: Path, profile: str | None = None
 ) -> dict[str, float]:
     settings = _settings(path)
     received = 0
@@ -130,6 +131,9 @@ async def _engine_run(
         await trio.sleep(1)  # let the connect pushes and their commits pass
         counting = True
         statuses = (Status.BUSY, Status.ONLINE)
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(changes):
             await in_flight.acquire()
@@ -141,6 +145,9 @@ async def _engine_run(
         with trio.fail_after(600):  # a lost push must end the run, not hang it
             await all_pushed.wait()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if profiler is not None and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
         nursery.cancel_scope.cancel()
     return {
         "changes": changes,
@@ -161,12 +168,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100, help="changes in flight")
     parser.add_argument("--rows", type=int, default=20_000, help="persistence rows")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the change window into FILE (pstats)"
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory() as tmp:
         engine = trio.run(
-            _engine_run, args.changes, args.users, args.watchers, args.window, Path(tmp)
+            _engine_run,
+            args.changes,
+            args.users,
+            args.watchers,
+            args.window,
+            Path(tmp),
+            args.profile,
         )
     with tempfile.TemporaryDirectory() as tmp:
         persistence = persistence_bench.run(args.rows, Path(tmp))

@@ -1,6 +1,6 @@
 """How fast the deterministic simulation runs: simulated events per second of wall time.
 
-    python bench/simulate.py [--steps N] [--seeds K] [--json]
+    python bench/simulate.py [--steps N] [--seeds K] [--schedules busy,paced,heartbeats] [--json]
 
 Three schedules, each over K seeds (wall time of the runs only, not start-up):
 
@@ -16,6 +16,12 @@ Three schedules, each over K seeds (wall time of the runs only, not start-up):
 A simulated event is a scheduled event that applied, or a client's heartbeat.
 Pins nothing: run it on an idle machine, and read the figures with the Python
 loop time it prints (this machine is shared).
+
+Where the time goes (engine, simulation, trio), sampled without slowing the
+run down much:
+
+    py-spy record --format raw -o busy.raw -- python bench/simulate.py --schedules busy --seeds 1
+    python bench/profile_summary.py busy.raw
 """
 
 from __future__ import annotations
@@ -49,13 +55,20 @@ def _heartbeats_only(seconds: float) -> Schedule:
     return Schedule(0, users, frozenset(), tuple(events), tuple(range(len(events))))
 
 
-def run(steps: int, seeds: int) -> dict[str, dict[str, float]]:
+SCHEDULES = ("busy", "paced", "heartbeats")
+
+
+def run(
+    steps: int, seeds: int, schedules: tuple[str, ...] = SCHEDULES
+) -> dict[str, dict[str, float]]:
     figures: dict[str, dict[str, float]] = {}
     plans = {
         "busy": (8, None, AVAILABLE_FAULTS),
         "paced": (100, 0.5, AVAILABLE_FAULTS),
     }
     for name, (users, pace, faults) in plans.items():
+        if name not in schedules:
+            continue
         events = 0
         wall = 0.0
         for seed in range(seeds):
@@ -67,6 +80,8 @@ def run(steps: int, seeds: int) -> dict[str, dict[str, float]]:
             events += result.counters.simulated
             wall += result.wall_seconds
         figures[name] = {"events": events, "seconds": wall, "per_second": events / wall}
+    if "heartbeats" not in schedules:
+        return figures
     result = Simulation(0, 20).run(_heartbeats_only(3600.0))
     figures["heartbeats"] = {
         "events": result.counters.simulated,
@@ -80,10 +95,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5000, help="scheduled events per run")
     parser.add_argument("--seeds", type=int, default=3, help="runs per schedule")
+    parser.add_argument(
+        "--schedules",
+        type=lambda text: tuple(text.split(",")),
+        default=SCHEDULES,
+        help="which of busy, paced, heartbeats (comma-separated; default: all)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    unknown = sorted(set(args.schedules) - set(SCHEDULES))
+    if unknown:
+        parser.error(
+            f"--schedules: no schedule {', '.join(unknown)} (one of {', '.join(SCHEDULES)})"
+        )
     loop = _loop_ns()
-    figures = run(args.steps, args.seeds)
+    figures = run(args.steps, args.seeds, args.schedules)
     if args.json:
         print(orjson.dumps({"loop_ns": loop, **figures}).decode())
         return

@@ -326,6 +326,8 @@ def encode_bytes(message: p.ServerMessage) -> bytes:
     """
     if type(message) is p.HeartbeatAck:
         return _heartbeat_ack(message)
+    if type(message) is p.StatusUpdated:
+        return _status_updated(message)
     users = getattr(message, "users", None)
     if users is None:
         return _compact(orjson.dumps(to_wire(message)))
@@ -333,6 +335,21 @@ def encode_bytes(message: p.ServerMessage) -> bytes:
     if prepared is not None:
         return prepared
     return _splice(message, [view_fragment(view) for view in users])
+
+
+def _status_updated(reply: p.StatusUpdated) -> bytes:
+    """The reply to every set_status, built without the generic converter; a test
+    holds it equal."""
+    out: dict[str, Any] = {
+        "type": "status_updated",
+        "timestamp": format_timestamp(reply.timestamp),
+        "status": reply.status.value,
+        "effectiveStatus": reply.effective_status.value,
+        "statusMessage": reply.status_message,
+    }
+    if reply.request_id is not None:
+        out["requestId"] = reply.request_id
+    return _compact(orjson.dumps(out))
 
 
 def _heartbeat_ack(ack: p.HeartbeatAck) -> bytes:

@@ -31,9 +31,13 @@ _PRIORITY = {Status.ONLINE: 3, Status.BUSY: 2, Status.AWAY: 1, Status.OFFLINE: 0
 
 def strongest(statuses: list[Status]) -> Status:
     """The highest-priority status of ``statuses``; ``offline`` when empty."""
+    # Identity tests, not _PRIORITY lookups: an Enum's __hash__ is Python code,
+    # and this runs for every change of every user.
     best = Status.OFFLINE
     for status in statuses:
-        if _PRIORITY[status] > _PRIORITY[best]:
+        if status is Status.ONLINE:
+            return status
+        if status is Status.BUSY or (status is Status.AWAY and best is Status.OFFLINE):
             best = status
     return best
 

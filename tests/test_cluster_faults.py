@@ -212,3 +212,35 @@ def _unix(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def test_the_node_cleaning_up_after_a_dead_one_is_not_taken_for_dead(tmp_path: Path) -> None:
+    """Three nodes, one killed: the cleanup waits a grace period longer than the node
+    TTL, and the node doing it must go on renewing its liveness meanwhile — else the
+    third takes it for dead and its users go offline while connected."""
+    long_grace = {"presence": {"fanout": "everyone", "grace_period": f"{NODE_TTL * 2.5}s"}}
+    async with (
+        open_redis(tmp_path / "redis") as redis,
+        open_node(tmp_path, "a", redis.url, **long_grace) as a,
+        open_node(tmp_path, "b", redis.url, **long_grace) as b,
+        open_node(tmp_path, "c", redis.url, **long_grace) as c,
+        ws_client(a, "on-a") as on_a,
+        ws_client(b, "on-b") as on_b,
+    ):
+        async with ws_client(c, "on-c"):
+            # (Who connected earlier is in a later watcher's state, not pushed.)
+            await until_pushed(on_a, "on-c", "online")
+            await until_pushed(on_b, "on-c", "online")
+            await c.stop(signal.SIGKILL)
+        grace = NODE_TTL * 2.5
+        with trio.fail_after(NODE_TTL + grace + 10):
+            await until_pushed(on_a, "on-c", "offline", seconds=NODE_TTL + grace + 10)
+        # Past the cleanup, and a grace period more in which a wrong one would show.
+        seen_by_a = await pushes_within(on_a, NODE_TTL + grace + 2, about="on-b")
+        seen_by_b = [m for m in on_b.received if m.get("userId") == "on-a"]
+        seen_by_b += await pushes_within(on_b, 0.5, about="on-a")
+        assert [m["status"] for m in seen_by_a if m["status"] == "offline"] == []
+        assert [m["status"] for m in seen_by_b if m["status"] == "offline"] == []
+        for node, user in ((a, "on-b"), (b, "on-a")):
+            _, seen = await request(f"{node.base_url}/api/presence?ids={user}")
+            assert seen["users"][0]["status"] == "online", (node.base_url, seen)

@@ -53,6 +53,26 @@ def test_a_heartbeat_ack_encodes_like_the_generic_path(
     assert orjson.loads(codec.encode_bytes(ack)) == codec.to_wire(ack)
 
 
+@given(
+    stamp=st.integers(0, 2**42),
+    request_id=st.none() | st.text(max_size=10),
+    status=st.sampled_from(Status),
+    effective=st.sampled_from(Status),
+    message=st.none() | st.text(max_size=20),
+)
+def test_a_status_updated_reply_encodes_like_the_generic_path(
+    stamp: int, request_id: str | None, status: Status, effective: Status, message: str | None
+) -> None:
+    reply = p.StatusUpdated(
+        timestamp=stamp,
+        request_id=request_id,
+        status=status,
+        effective_status=effective,
+        status_message=message,
+    )
+    assert orjson.loads(codec.encode_bytes(reply)) == codec.to_wire(reply)
+
+
 @given(view=views, stamp=st.integers(0, 2**42))
 def test_a_push_frame_is_the_encoded_status_change(view: UserView, stamp: int) -> None:
     push = codec.make_push(view, stamp)

@@ -66,6 +66,35 @@ async def test_one_answer_bigger_than_the_bound_goes_out_when_nothing_waits() ->
         outbox.receive.receive_nowait()
 
 
+async def test_a_waiting_receiver_is_woken_by_an_offer_or_a_close_and_only_one_may_wait() -> None:
+    outbox = MemoryOutbox(capacity=10)
+    got: list[object] = []
+
+    async def receive_all() -> None:
+        async for item in outbox.receive:
+            got.append(item)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_all)
+            await trio.testing.wait_all_tasks_blocked()
+            # A second consumer is refused rather than left waiting for ever.
+            with pytest.raises(trio.BusyResourceError):
+                await outbox.receive.receive()
+            push = make_push(unknown_user("alice"), 0)
+            assert outbox.offer(push)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [push]
+            outbox.close()  # the waiting consumer ends: nothing is left queued
+    # A cancelled wait leaves the outbox usable by the next receiver.
+    outbox = MemoryOutbox(capacity=10)
+    with trio.move_on_after(0.01):
+        await outbox.receive.receive()
+    assert outbox.offer(push)
+    with trio.fail_after(5):
+        assert await outbox.receive.receive() is push
+
+
 async def test_a_grpc_stream_that_falls_behind_in_bytes_is_closed_1013(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:

@@ -362,3 +362,20 @@ def test_a_policy_request_lost_with_its_session_is_judged_by_what_the_store_keep
         ev.Drop(at=1.0, user=0, device=0),
     )
     assert invariants_broken(schedule) == set()
+
+
+def test_an_identify_at_the_moment_its_user_turns_away_is_judged_as_activity() -> None:
+    """Found by example 1 of docs/SIMULATION.md (hypothesis): u1 turns away at 300 s
+    (away_after) and sends an identify at that very moment. Identify is activity: the
+    engine brings u1 back online without pushing it to the session that sent it (it
+    got the reply), so that client knows it is online. The simulation kept the
+    client's own view at away and reported a view that lagged for ever."""
+    schedule = schedule_of(
+        3,
+        ev.Connect(0.0, 1, 0),
+        ev.Crash(107.0, 0),
+        ev.Connect(167.0, 0, 0),
+        ev.Connect(251.0, 0, 0),
+        ev.Identify(300.0, 1, 0, "ann"),
+    )
+    assert invariants_broken(schedule) == set()

@@ -11,7 +11,7 @@ import base64
 from collections.abc import Callable, Iterable, Iterator
 
 import orjson
-from sortedcontainers import SortedKeyList
+from sortedcontainers import SortedList
 
 from ..model import Status, UserView
 
@@ -48,7 +48,9 @@ class Directory:
     def __init__(self, views: Iterable[UserView] = ()) -> None:
         self._views: dict[str, UserView] = {}
         self._public: dict[str, UserView] = {}
-        self._order: SortedKeyList = SortedKeyList(key=sort_key)
+        # The sort keys alone (their user id finds the view): a key is a tuple, so
+        # finding and moving one compares tuples in C, with no key function called.
+        self._order: SortedList = SortedList()
         self.online = 0
         for view in views:
             self.put(view)
@@ -70,22 +72,37 @@ class Directory:
             assert sort_key(public) == sort_key(view)
             self._public[view.user_id] = public
         old = self._views.get(view.user_id)
-        if old is not None:
-            self._order.remove(old)
-            self.online -= old.online
+        key = sort_key(view)
         self._views[view.user_id] = view
-        self._order.add(view)
+        if old is not None:
+            self.online -= old.online
+            old_key = sort_key(old)
+            if old_key == key:
+                self.online += view.online
+                return
+            self._order.remove(old_key)
+        self._order.add(key)
         self.online += view.online
 
     def remove(self, user_id: str) -> None:
         old = self._views.pop(user_id, None)
         self._public.pop(user_id, None)
         if old is not None:
-            self._order.remove(old)
+            self._order.remove(sort_key(old))
             self.online -= old.online
 
     def views(self) -> Iterator[UserView]:
         return iter(self._views.values())
+
+    def _walk(self, after: SortKey | None) -> Iterator[UserView]:
+        """The views in list order, from just after ``after`` (the start if None)."""
+        keys = (
+            self._order.irange(minimum=after, inclusive=(False, True))
+            if after is not None
+            else iter(self._order)
+        )
+        views = self._views
+        return (views[key[2]] for key in keys)
 
     def page(
         self,
@@ -95,11 +112,7 @@ class Directory:
     ) -> tuple[list[UserView], str | None]:
         """Up to ``limit`` accepted views in list order after ``after``, and the next cursor."""
         found: list[UserView] = []
-        iterator = (
-            self._order.irange_key(min_key=after, inclusive=(False, True))
-            if after is not None
-            else iter(self._order)
-        )
+        iterator = self._walk(after)
         for view in iterator:
             if accept(view):
                 found.append(view)
@@ -119,11 +132,7 @@ class Directory:
         """Like :meth:`page`, looking at no more than ``most`` views: a piece of a long
         walk. Returns the accepted views and where the walk stopped (None at the end)."""
         found: list[UserView] = []
-        iterator = (
-            self._order.irange_key(min_key=after, inclusive=(False, True))
-            if after is not None
-            else iter(self._order)
-        )
+        iterator = self._walk(after)
         last: SortKey | None = None
         for looked, view in enumerate(iterator, 1):
             last = sort_key(view)

@@ -212,9 +212,11 @@ class Registry:
         """Serve the intake until cancelled; user actors live in this task's nursery.
 
         Messages are handled one at a time in arrival order; the pushes they
-        cause go out in ticks, once the intake is empty or a turn's work is
-        done (see :mod:`.fanout`). A user actor that exceeds its restart
-        intensity makes this raise RestartIntensityExceeded.
+        cause go out in ticks: the registry yields with a tick pending, and
+        delivers it when nothing new arrived in two yields, or once it was held
+        long enough while changes kept coming (see :mod:`.fanout`). A user
+        actor that exceeds its restart intensity makes this raise
+        RestartIntensityExceeded.
         """
         turn = self._turn
         async with trio.open_nursery() as nursery:
@@ -224,6 +226,8 @@ class Registry:
             task_status.started()
             while True:
                 message = await self._next()
+                # None: the registry yielded for a held tick and nothing came meanwhile.
+                self._fanout.note_yield(quiet=message is None)
                 turn.restart()
                 while message is not None:
                     await self._dispatch(message)
@@ -235,7 +239,7 @@ class Registry:
                     except trio.WouldBlock:
                         message = None
                 now = trio.current_time()
-                if self._fanout.due(now):
+                if self._fanout.due(now) and self._fanout.ready(now):
                     await self._fanout.flush(turn, now)
                     self._drop_lost()
 
@@ -245,6 +249,7 @@ class Registry:
         if not fanout.waiting:
             return await self._intake.receive()
         if fanout.due(trio.current_time()):
+            fanout.held += 1
             await trio.lowlevel.checkpoint()
             try:
                 return self._intake.receive_nowait()
@@ -269,6 +274,12 @@ class Registry:
                     return  # shown once merged with the other nodes' shares (Merged)
                 self.directory.put(view, public)
                 if push_own or push_public:
+                    fanout = self._fanout
+                    if fanout.holds(view.user_id) and fanout.due(trio.current_time()):
+                        # The tick was held for more changes, not to merge two of
+                        # one user: each pushed change reaches the watchers (the
+                        # flap limit alone coalesces, PROTOCOL.md).
+                        await fanout.flush(self._turn, trio.current_time())
                     stamp = self.rules.clock.now_ms()
                     shown = make_push(public, stamp) if push_public else None
                     own = shown if public is view else make_push(view, stamp) if push_own else None

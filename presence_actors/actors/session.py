@@ -71,7 +71,10 @@ class MemoryOutbox:
         self._items: deque[tuple[Outgoing, int, bytes | None]] = deque()
         self._bytes = 0
         self._closed = False
-        self._waiting = trio.lowlevel.ParkingLot()
+        # The one consumer, while it waits for an item. Woken directly rather
+        # than through a ParkingLot: every push and reply to the session wakes it.
+        # Cleared when it wakes or its wait is cancelled: no cycle outlives a wait.
+        self._waiter: trio.lowlevel.Task | None = None
 
     @property
     def receive(self) -> MemoryOutbox.Receiver:
@@ -100,12 +103,32 @@ class MemoryOutbox:
             return False
         items.append((item, size, data))
         self._bytes += size
-        self._waiting.unpark()
+        self._wake()
         return True
 
     def close(self) -> None:
         self._closed = True
-        self._waiting.unpark_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def _wait(self) -> None:
+        """Until an item is offered or the outbox closed; cancellable."""
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task is already receiving from this outbox")
+        task = trio.lowlevel.current_task()
+        self._waiter = task
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            if self._waiter is task:
+                self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def clear(self) -> None:
         self._items.clear()
@@ -133,16 +156,27 @@ class MemoryOutbox:
 
         async def receive_entry(self) -> tuple[Outgoing, bytes | None]:
             """The next item and its JSON, waiting for one; a checkpoint, like a
-            channel's receive."""
+            channel's receive.
+
+            Like a channel's receive, one schedule point either way: an item
+            already queued is taken after a checkpoint; otherwise waiting is
+            the schedule point (cancellable), and the item the offer woke it
+            for is returned at once, without a second trip through the scheduler.
+            """
             await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                try:
-                    entry = self.receive_entry_nowait()
-                except trio.WouldBlock:
-                    await self._outbox._waiting.park()
-                    continue
+            try:
+                entry = self.receive_entry_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return entry
+            while True:
+                await self._outbox._wait()
+                try:
+                    return self.receive_entry_nowait()
+                except trio.WouldBlock:
+                    continue
 
         async def receive(self) -> Outgoing:
             return (await self.receive_entry())[0]

@@ -34,13 +34,10 @@ from .messages import (
     Told,
 )
 from .user_state import (
-    Accepted,
     CloseSession,
     Deliver,
-    Ended,
     Outcome,
     Persist,
-    Publish,
     Rules,
     UserState,
 )
@@ -145,6 +142,8 @@ class UserActor:
             if rules.before_transition is not None:
                 rules.before_transition(state.user_id, message)
             match message:
+                case Told(session, body) | Request(session, body):  # the most frequent first
+                    outcome = rules_.request(state, session, body, now, rules)
                 case Attach(session):
                     outcome = rules_.attach(state, session, now, rules)
                 case Detach(session):
@@ -153,8 +152,6 @@ class UserActor:
                     outcome = rules_.seen(state, session, now, rules)
                 case SyncProfile(username, status_message):
                     outcome = rules_.sync_profile(state, username, status_message)
-                case Request(session, body) | Told(session, body):
-                    outcome = rules_.request(state, session, body, now, rules)
         except Exception:
             if isinstance(message, Request | Told | Attach):
                 # An attach refused this way is the session's first message: its
@@ -174,17 +171,17 @@ class UserActor:
     async def _apply(self, outcome: Outcome) -> None:
         self.state, effects = outcome
         for effect in effects:
-            match effect:
-                case Deliver(session, message):
-                    if not session.closing and not session.deliver(message):
-                        # A full outbox: the session is lost now, not when its
-                        # (possibly stuck) transport gets around to detaching.
-                        now = trio.current_time()
-                        await self._apply(rules_.detach(self.state, session, now, self._rules))
-                case CloseSession(session, code, reason):
-                    session.request_close(code, reason)
-                case Accepted() | Ended() | Publish():
-                    await self._registry.tell(effect)
-                case Persist(intent):
-                    # Never waits: the writer holds what a failing store cannot take.
-                    self._writer.submit_nowait(intent)
+            if isinstance(effect, Persist):
+                # Never waits: the writer holds what a failing store cannot take.
+                self._writer.submit_nowait(effect.intent)
+            elif isinstance(effect, Deliver):
+                session = effect.session
+                if not session.closing and not session.deliver(effect.message):
+                    # A full outbox: the session is lost now, not when its
+                    # (possibly stuck) transport gets around to detaching.
+                    now = trio.current_time()
+                    await self._apply(rules_.detach(self.state, session, now, self._rules))
+            elif isinstance(effect, CloseSession):
+                effect.session.request_close(effect.code, effect.reason)
+            else:  # Accepted, Ended, Publish
+                await self._registry.tell(effect)

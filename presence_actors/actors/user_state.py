@@ -265,26 +265,36 @@ def current_status(state: UserState, now: float, rules: Rules) -> Status:
     return Status.OFFLINE
 
 
+def _devices(state: UserState, now: float, rules: Rules) -> tuple[DeviceView, ...]:
+    away_after = rules.away_after
+    return tuple(
+        DeviceView(s.handle.device_id, s.handle.device_type, s.shown(now, away_after))
+        for s in state.sessions
+    )
+
+
+def _status_of(state: UserState, devices: tuple[DeviceView, ...]) -> Status:
+    """:func:`current_status`, given the devices :func:`_devices` made at the same moment."""
+    if devices:
+        return strongest([d.status for d in devices])
+    if state.grace is not None:
+        return state.grace.held
+    return Status.OFFLINE
+
+
 def view_of(state: UserState, now: float, rules: Rules) -> UserView:
     """The user as its watchers (and itself) see it; devices include invisible ones.
 
     ``lastSeen`` is the latest activity while the user shows a status, and the
     moment it was last known present once it shows offline.
     """
-    devices = tuple(
-        DeviceView(s.handle.device_id, s.handle.device_type, s.shown(now, rules.away_after))
-        for s in state.sessions
-    )
-    status = current_status(state, now, rules)
+    devices = _devices(state, now, rules)
+    return _view(state, devices, _status_of(state, devices))
+
+
+def _view(state: UserState, devices: tuple[DeviceView, ...], status: Status) -> UserView:
     last_seen = state.last_seen if status is Status.OFFLINE else state.seen_active
-    return UserView(
-        user_id=state.user_id,
-        status=status,
-        username=state.username,
-        status_message=state.status_message,
-        last_seen=last_seen,
-        devices=devices,
-    )
+    return UserView(state.user_id, status, state.username, state.status_message, last_seen, devices)
 
 
 def public_view(state: UserState, view: UserView) -> UserView:
@@ -312,16 +322,21 @@ def next_deadline(state: UserState, now: float, rules: Rules) -> float:
     the actor never saw.
     """
     deadline = math.inf
-    shown_away = (
-        {d.device_id for d in state.shown.devices if d.status is Status.AWAY}
-        if state.shown is not None
-        else set()
-    )
+    # Asked after every message an actor handles: the devices shown away are
+    # only looked up when a session is online.
+    shown_away: set[str] | None = None
     for session in state.sessions:
         deadline = min(deadline, _last_heard(session) + rules.heartbeat_timeout)
-        # Away detection is pending until the session is shown away.
-        if session.status is Status.ONLINE and session.handle.device_id not in shown_away:
-            deadline = min(deadline, session.last_activity + rules.away_after)
+        if session.status is Status.ONLINE:
+            if shown_away is None:
+                shown_away = (
+                    {d.device_id for d in state.shown.devices if d.status is Status.AWAY}
+                    if state.shown is not None
+                    else set()
+                )
+            # Away detection is pending until the session is shown away.
+            if session.handle.device_id not in shown_away:
+                deadline = min(deadline, session.last_activity + rules.away_after)
     if state.grace is not None:
         deadline = min(deadline, state.grace.deadline)
     if state.push_due is not None:
@@ -536,16 +551,21 @@ def _set_status(
     new = message.status
     was_visible = session.status is not Status.OFFLINE
     every = message.scope is Scope.ALL
+    # The session itself is touched (active now) in the same pass: one new record.
+    touched = SessionState(session.handle, new, now, now)
     state.sessions = tuple(
-        SessionState(s.handle, new, s.last_message, s.last_activity) if every or s is session else s
+        touched
+        if s is session
+        else SessionState(s.handle, new, s.last_message, s.last_activity)
+        if every
+        else s
         for s in state.sessions
     )
     if message.status_message is not None:
         state.status_message = message.status_message or None
-    current = state.session_of(session.handle)
-    assert current is not None
-    visible = was_visible or new is not Status.OFFLINE
-    _touch(state, current, now, rules, active=True, visible=visible)
+    if was_visible or new is not Status.OFFLINE:  # what _touch records of a visible session
+        stamp = rules.clock.ms(now)
+        state.seen_alive = state.seen_active = stamp
     state, effects = _finish(state, [], now, rules, cause=session.handle, reason="set_status")
     assert state.shown is not None
     reply = StatusUpdated(
@@ -614,11 +634,13 @@ def _finish(
     push skips it. ``reason`` and ``device`` go into the audit log.
     """
     before = state.shown
-    status = current_status(state, now, rules)
+    # Each session's shown status is worked out once, for the status and the devices.
+    devices = _devices(state, now, rules)
+    status = _status_of(state, devices)
     if status is Status.OFFLINE and (before is None or before.status is not Status.OFFLINE):
         state.last_seen = state.seen_alive or state.last_seen
-    view = view_of(state, now, rules)
-    if view.status is not Status.OFFLINE:
+    view = _view(state, devices, status)
+    if status is not Status.OFFLINE:
         state.face = (view.username, view.status_message)
     public = public_view(state, view)
     stamp = rules.clock.ms(now)
@@ -660,7 +682,12 @@ def _finish(
         # expression as push_due below: `t > now - PUSH_WINDOW` rounds differently,
         # and kept the first push in the window at the very moment it was due to
         # leave it (the push held again, due now: a livelock under MockClock).
-        recent = tuple(t for t in state.push_times if t + PUSH_WINDOW > now)
+        times = state.push_times
+        # Kept in time order: when the oldest is still in the window, all are.
+        if not times or times[0] + PUSH_WINDOW > now:
+            recent = times
+        else:
+            recent = tuple(t for t in times if t + PUSH_WINDOW > now)
         if len(recent) < rules.pushes_per_window:
             # A part that moved while held is pushed even if it came back: whoever
             # asked meanwhile was answered the state in between.

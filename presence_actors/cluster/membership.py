@@ -55,6 +55,8 @@ class Membership:
         self._merger = merger
         self._script = script
         self._stamped: dict[str, int] = {}
+        self._others: dict[str, int] = {}  # the other nodes registered, as last read
+        self._reaping: set[str] = set()  # nodes this one is cleaning up after now
         self.epoch = 0
         self._predecessor = 0  # an earlier run's epoch under this name, to clean up
         self.generation: bytes | None = None
@@ -104,11 +106,38 @@ class Membership:
             task_status.started()
             while True:
                 await trio.sleep(BEAT)
-                if await client.get(keys.GENERATION) != self.generation:
-                    raise LostData("Redis lost its data (no generation marker)")
-                await self._renew(client)
-                await self._stamp(client)
-                await self._look_out(client)
+                await self._beat_once(client, nursery)
+
+    async def _beat_once(self, client: Any, nursery: trio.Nursery) -> None:
+        """One round trip a beat (each costs a node far more CPU than a command in it):
+        the generation marker, liveness, the first heartbeat stamps, the registered
+        nodes, and the liveness of the others as registered at the previous beat (one
+        registered since is looked at on the next). The marker is judged before
+        anything read with it is acted on."""
+        changed = self._stamps_due()
+        names = sorted(self._others)
+        async with client.pipeline(transaction=False) as pipe:
+            generation = pipe.get(keys.GENERATION)
+            pipe.set(keys.alive(self.node), str(self.epoch), px=int(self._ttl * 1000))
+            self._put_stamps(pipe, changed[:_CHUNK])
+            registered = pipe.hgetall(keys.NODES)
+            alive = [pipe.exists([keys.alive(name)]) for name in names]
+        if await generation != self.generation:
+            raise LostData("Redis lost its data (no generation marker)")
+        await self._stamp(client, changed[_CHUNK:])
+        looked_at = dict(self._others)
+        nodes = await registered
+        self._others = {n.decode(): int(e) for n, e in nodes.items() if n.decode() != self.node}
+        for name, exists in zip(names, alive, strict=True):
+            # Unless it left and registered again (a new epoch) since the last beat.
+            if await exists or self._others.get(name) != looked_at[name]:
+                continue
+            if name not in self._reaping:
+                # Beside the beats: a cleanup waits a grace period, and this node
+                # must go on renewing its own liveness meanwhile, or the others
+                # would take it for dead too.
+                self._reaping.add(name)
+                nursery.start_soon(self._reap_if_first, client, name, looked_at[name])
 
     async def _take_over(self, client: Any, epoch: int) -> None:
         """Clean up after this node's own predecessor (see :meth:`join`), unless
@@ -126,42 +155,44 @@ class Membership:
     async def _renew(self, client: Any) -> None:
         await client.set(keys.alive(self.node), str(self.epoch), px=int(self._ttl * 1000))
 
-    async def _stamp(self, client: Any) -> None:
-        """When this node last heard from each user (a visible session), where it changed."""
-        changed = []
-        for user_id, alive in self._local_alive():
-            if self._stamped.get(user_id) != alive:
-                changed.append((user_id, alive))
-        if not changed:
-            return
-        for start in range(0, len(changed), _CHUNK):
+    def _stamps_due(self) -> list[tuple[str, int]]:
+        """When this node last heard from each user (a visible session), where it
+        changed since the last stamp written."""
+        return [
+            (user_id, alive)
+            for user_id, alive in self._local_alive()
+            if self._stamped.get(user_id) != alive
+        ]
+
+    def _put_stamps(self, pipe: Any, stamps: list[tuple[str, int]]) -> None:
+        for user_id, alive in stamps:
+            pipe.hset(keys.entries(user_id), {f"v:{self.node}": str(alive)})
+        # Taken as written: if the pipeline fails, the link joins again and stamps anew.
+        for user_id, alive in stamps:
+            self._stamped[user_id] = alive
+
+    async def _stamp(self, client: Any, stamps: list[tuple[str, int]]) -> None:
+        """Write stamps in pipelines of _CHUNK, letting others run in between."""
+        for start in range(0, len(stamps), _CHUNK):
             async with client.pipeline(transaction=False) as pipe:
-                for user_id, alive in changed[start : start + _CHUNK]:
-                    pipe.hset(keys.entries(user_id), {f"v:{self.node}": str(alive)})
-            for user_id, alive in changed[start : start + _CHUNK]:
-                self._stamped[user_id] = alive
+                self._put_stamps(pipe, stamps[start : start + _CHUNK])
             await trio.lowlevel.checkpoint()
 
     async def leave(self, client: Any) -> None:
         """A clean stop: drop liveness now, so the others clean up without waiting."""
         await client.delete([keys.alive(self.node)])
 
-    async def _look_out(self, client: Any) -> None:
-        nodes = await client.hgetall(keys.NODES)
-        others = {n.decode(): int(e) for n, e in nodes.items() if n.decode() != self.node}
-        if not others:
-            return
-        names = sorted(others)
-        async with client.pipeline(transaction=False) as pipe:
-            alive = [pipe.exists([keys.alive(name)]) for name in names]
-        for name, exists in zip(names, alive, strict=True):
-            if await exists:
-                continue
+    async def _reap_if_first(self, client: Any, name: str, epoch: int) -> None:
+        """The node stopped renewing its liveness: clean up after it unless another
+        node already is."""
+        try:
             lease = int((self._grace + self._ttl + 30) * 1000)
             if await client.set(keys.reaping(name), self.node, condition=PureToken.NX, px=lease):
                 log.warning("node %s stopped renewing its liveness; its sessions are lost", name)
                 self.nodes_reaped += 1
-                await self._reap(client, name, others[name])
+                await self._reap(client, name, epoch)
+        finally:
+            self._reaping.discard(name)
 
     async def _reap(self, client: Any, node: str, epoch: int) -> None:
         """Clean up after a dead node (see the module docstring). Idempotent: if this

@@ -6,7 +6,9 @@
 -- sessions, or, when none has any, among entries a node holds through the grace
 -- period. The rules are PROTOCOL.md's, over nodes instead of sessions.
 --
--- KEYS: entries, merged, events
+-- KEYS: entries, merged, events; on a single Redis also order, views, audit (the read
+--       model, written here in the same round trip; a Redis Cluster keeps those in
+--       another slot, so the node writes them after the merge)
 -- ARGV: user, node, epoch, entry ('' removes it, '*hold' keeps it without its
 --       devices: the node's sessions are lost), profile ('' keeps it, else JSON
 --       [username, message, shown username, shown message]: what the user set,
@@ -14,7 +16,7 @@
 --       device, publish command
 --       ('' publishes nothing), channel, events cap, fence (1: the node's epoch
 --       is dead: refuse its writes up to epoch from now on; its entry is
---       changed only if no later epoch wrote it)
+--       changed only if no later epoch wrote it), audit cap (with the read model's keys)
 -- Returns the merged JSON with "po"/"pp" (push to the user's own sessions /
 -- to others) and "c" (anything changed), or false when the node's epoch is fenced.
 
@@ -167,6 +169,20 @@ redis.call('HSET', KEYS[2], 'j', body .. '}')
 if status ~= old.s then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*',
              's', status, 'r', ARGV[7], 'd', ARGV[8], 't', now)
+end
+
+if KEYS[6] then
+  -- The read model (wire.order_score's order; the stored view as decode_merged reads it).
+  local rank, seen = 0, -1
+  if status == 'offline' then rank = 1 end
+  if ls ~= null then seen = ls end
+  redis.call('ZADD', KEYS[4], string.format('%.0f', rank * 17592186044416 + (8796093022208 - seen)),
+             user)
+  redis.call('HSET', KEYS[5], user, body .. '}')
+  if status ~= old.s then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[13], '*',
+               'u', user, 's', status, 'r', ARGV[7], 'd', ARGV[8], 't', ARGV[6])
+  end
 end
 
 local message = body .. tail .. ',"po":' .. tostring(push_own) .. ',"pp":' .. tostring(push_public)

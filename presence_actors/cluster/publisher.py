@@ -1,12 +1,14 @@
-"""Reports to Redis in batches: one pipeline of merges per tick, then the read model.
+"""Reports to Redis in batches: one pipeline of merges per tick.
 
 The registry hands over each user's latest report without waiting
 (:meth:`Publisher.report`); the publisher task takes what is pending, runs
 merge.lua for each user in one pipeline (one round trip for the lot, however
-many users changed), hands every merged view back to the node, then updates
-what reads use (the list order, the stored views, the audit stream, which
-users this node holds) in a second pipeline. A user's reports coalesce while
-a batch is on its way: only the latest goes next.
+many users changed, with the changes to the set of users this node holds),
+and hands every merged view back to the node. What reads use (the list order,
+the stored views, the audit stream) merge.lua writes itself on a single Redis;
+on a Redis Cluster it is in another slot, and the publisher writes it in a
+second pipeline. A user's reports coalesce while a batch is on its way: only
+the latest goes next.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Merger:
         # Per-user channels are sharded in a Redis Cluster (the user's slot); the
         # everyone channel is broadcast to every node of it.
         self._publish = ("SPUBLISH" if cluster else "PUBLISH") if contacts_mode else "PUBLISH"
+        # On a single Redis merge.lua writes the read model itself, in the merge's round
+        # trip; a Redis Cluster keeps the read model in another slot than the user's,
+        # which one script cannot reach, so the node writes it in a second pipeline.
+        self._read_model_in_script = not cluster
         self._now_ms = now_ms
         self.merges = 0  # run in Redis (metrics)
 
@@ -85,8 +91,9 @@ class Merger:
         merges: list[Merge],
         first: Callable[[Any], None] | None = None,
     ) -> list[MergedView | None]:
-        """Merge each (None where the node was fenced); one round trip for the merges
-        (after what ``first`` puts in the same pipeline) and one for the read model.
+        """Merge each (None where the node was fenced): one round trip for the merges
+        (after what ``first`` puts in the same pipeline) and the read model on a
+        single Redis; on a Redis Cluster a second one for the read model.
 
         The script is called by its digest (EVALSHA) without asking Redis first
         whether it has it: coredis's script object would ask (SCRIPT EXISTS) before
@@ -107,6 +114,15 @@ class Merger:
         for merge, raw in zip(merges, raws, strict=True):
             views.append(None if raw is None else decode_merged(raw, merge.user_id))
         self.merges += len(merges)
+        if not self._read_model_in_script:
+            await self._write_read_model(client, merges, views, now)
+        return views
+
+    async def _write_read_model(
+        self, client: Any, merges: list[Merge], views: list[MergedView | None], now: int
+    ) -> None:
+        """The read model of merged views, where merge.lua could not write it (a Redis
+        Cluster: the ``{pa}`` slot is not the user's)."""
         async with client.pipeline(transaction=False) as pipe:
             for merge, view in zip(merges, views, strict=True):
                 if view is None or not view.version:
@@ -127,7 +143,6 @@ class Merger:
                         threshold=AUDIT_EVENTS,
                         trim_operator=PureToken.APPROXIMATELY,
                     )
-        return views
 
     async def _merge(
         self,
@@ -147,7 +162,7 @@ class Merger:
                     first(pipe)
                 for merge in merges:
                     replies.append(
-                        pipe.evalsha(script.sha, _keys(merge.user_id), self._args(merge, now))
+                        pipe.evalsha(script.sha, self._keys(merge.user_id), self._args(merge, now))
                     )
         except NoScriptError:
             pass  # the first error of the pipeline; each reply says whether it is its own
@@ -158,6 +173,12 @@ class Merger:
             except NoScriptError:
                 raws.append(_NO_SCRIPT)
         return raws
+
+    def _keys(self, user_id: str) -> list[str]:
+        user_keys = [keys.entries(user_id), keys.merged(user_id), keys.events(user_id)]
+        if self._read_model_in_script:
+            return [*user_keys, keys.ORDER, keys.VIEWS, keys.AUDIT]
+        return user_keys
 
     def _args(self, merge: Merge, now: int) -> list[Any]:
         channel = keys.channel(merge.user_id) if self._contacts_mode else keys.EVERYONE
@@ -174,11 +195,8 @@ class Merger:
             channel,
             EVENTS_PER_USER,
             "1" if merge.fence else "0",
+            AUDIT_EVENTS,
         ]
-
-
-def _keys(user_id: str) -> list[str]:
-    return [keys.entries(user_id), keys.merged(user_id), keys.events(user_id)]
 
 
 class Publisher:
@@ -194,6 +212,10 @@ class Publisher:
         self._pending: dict[str, Report] = {}
         self._events: dict[str, _Event] = {}
         self._held: set[str] = set()  # users this node holds an entry for in Redis
+        # Users whose entry this node withdrew, still in its set of users in Redis: they
+        # leave the set with the next batch's round trip (in the set meanwhile, a user
+        # only costs a merge that changes nothing if this node dies).
+        self._releasing: set[str] = set()
         self._profiles_in_flight: set[str] = set()
         self._wake = trio.Event()
         self.epoch = 0
@@ -227,6 +249,7 @@ class Publisher:
     def forget_held(self) -> None:
         """Redis lost what this node held: every user is new to it again."""
         self._held = set()
+        self._releasing = set()
 
     async def run(self, client: Any, script: Any) -> None:
         """Publish until cancelled or Redis fails (the exception propagates; what was
@@ -278,21 +301,27 @@ class Publisher:
             )
         # A user this node starts to hold an entry for is recorded in the same round
         # trip as the entry: if the node dies, whoever cleans up after it finds it.
+        # A user whose entry an earlier batch withdrew leaves the set in this round trip
+        # (after that merge: its entry is gone already).
         holding = [r.user_id for r in batch if not r.withdrawn and r.user_id not in self._held]
+        self._releasing.difference_update(holding)
+        releasing = list(self._releasing)
         node_users = keys.node_users(self._node, self.epoch)
 
         def record(pipe: Any) -> None:
             if holding:
                 pipe.sadd(node_users, holding)
+            if releasing:
+                pipe.srem(node_users, releasing)
 
         views = await self._merger.run(client, script, merges, record)
         if any(view is None for view in views):
             raise Fenced(f"node {self._node} at epoch {self.epoch} was taken for dead")
         self._held.update(holding)
+        self._releasing.difference_update(releasing)
         released = [r.user_id for r in batch if r.withdrawn and r.user_id in self._held]
-        if released:
-            self._held.difference_update(released)
-            await client.srem(node_users, released)
+        self._held.difference_update(released)
+        self._releasing.update(released)
         for report, view in zip(batch, views, strict=True):
             self._events.pop(report.user_id, None)
             assert view is not None

@@ -1,9 +1,10 @@
 """Reads of the cluster's read model: views, the ordered list, counts, histories.
 
-The merge keeps each user's merged view in its own slot; after each merge the
-node that ran it copies it into one hash of every user's view and one sorted
-set in list order (the ``{pa}`` slot), so a bulk read is one command however
-many users it names, and a page of ``get_all_users`` is two.
+The merge keeps each user's merged view in its own slot, and a copy in one hash
+of every user's view and one sorted set in list order (the ``{pa}`` slot), so a
+bulk read is one command however many users it names, and a page of
+``get_all_users`` is two. On a single Redis merge.lua writes the copy itself; on
+a Redis Cluster (another slot) the node that ran the merge writes it after.
 """
 
 from __future__ import annotations

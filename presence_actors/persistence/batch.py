@@ -52,8 +52,10 @@ class Batch:
         self.intents += 1
         match intent:
             case PresenceRow(user_id=user_id):
-                old = self._user(user_id)
-                self.users[user_id] = evolve(old, presence=intent, updated_at=intent.updated_at)
+                # Built directly, not with evolve(): two rows per change pass here.
+                old = self.users.get(user_id)
+                visibility = None if old is None else old.visibility
+                self.users[user_id] = UserWrite(user_id, intent.updated_at, intent, visibility)
             case VisibilityRow(user_id=user_id):
                 old = self._user(user_id)
                 self.users[user_id] = evolve(

@@ -53,6 +53,10 @@ class ViewLag:
             self._since.pop(pair, None)
             self._reported.discard(pair)
 
+    def forget_pair(self, pair: Pair) -> None:
+        if self._since.pop(pair, None) is not None:
+            self._reported.discard(pair)
+
     def clear(self) -> None:
         self._since.clear()
         self._reported.clear()

@@ -40,7 +40,7 @@ from . import events as ev
 from .epochs import StoreState, read_store
 from .report import Counters, Result
 from .schedule import MEAN_GAP, Schedule, generate
-from .scheduler import InlineStore, Watchdog, seeded_scheduling
+from .scheduler import InlineStore, Watchdog, pass_time, seeded_scheduling, still_clock
 from .world import Invariant, World
 
 # Trio time t is unix second EPOCH + t in every timestamp the engine makes.
@@ -74,6 +74,7 @@ class Simulation:
         watchdog_rounds: int = 100_000,
     ) -> None:
         self.watchdog_rounds = watchdog_rounds
+        self._clock = still_clock()  # each run's own, from run()
         self.seed = seed
         self.invariants = dict(invariants or {})
         self.users = users
@@ -100,8 +101,8 @@ class Simulation:
                 tempfile.TemporaryDirectory(prefix="presence-sim-", dir=_fast_dir()) as tmp,
                 seeded_scheduling(schedule.seed),
             ):
-                clock = trio.testing.MockClock(autojump_threshold=0)
-                watchdog = Watchdog(self.watchdog_rounds)
+                clock = self._clock = still_clock()
+                watchdog = Watchdog(clock, self.watchdog_rounds)
                 trio.run(
                     self._main,
                     schedule,
@@ -190,9 +191,10 @@ class Simulation:
     ) -> tuple[int, ev.Restart | None]:
         """Play events from ``index`` up to a restart (returned) or the end."""
         counters = world.counters
+        idle = False  # at the start of an epoch the engine may still be starting
         while index < len(timeline):
             number, event = timeline[index]
-            await self._advance(world, event.at)
+            await self._advance(world, event.at, idle=idle)
             if isinstance(event, ev.Restart):
                 world.step = number
                 counters.events += 1
@@ -212,15 +214,17 @@ class Simulation:
                 index += 1
             await world.heartbeats(now)
             await self._checked(world, now)
+            idle = True
         return index, None
 
-    async def _advance(self, world: World, until: float) -> None:
+    async def _advance(self, world: World, until: float, *, idle: bool = False) -> None:
         """Let time pass up to ``until``: heartbeats go out and lagging views are
-        checked on time; the engine's own timers fire as they come."""
+        checked on time; the engine's own timers fire as they come. ``idle``: the
+        caller comes straight from :meth:`_checked` (every task waits)."""
         while True:
             wake = min(world.next_heartbeat(), world.lag.next_due(), until)
-            await trio.sleep_until(wake)
-            await trio.testing.wait_all_tasks_blocked()  # timers due now go first
+            # The engine's timers due by then go first.
+            await pass_time(self._clock, wake, idle=idle)
             if wake >= until:
                 return
             now = trio.current_time()
@@ -228,8 +232,10 @@ class Simulation:
             await world.heartbeats(now)
             if world.reactions:
                 await self._checked(world, now)
+                idle = True
             else:
                 world.check(now)  # bare heartbeats are answered at once: nothing to settle
+                idle = False
 
     async def _settle(self, world: World) -> None:
         """Until every task waits and nothing more is to be done by the clients."""
@@ -260,7 +266,7 @@ class Simulation:
                 await world.drop(session)
         world.truth.advance(trio.current_time())
         await self._checked(world, trio.current_time())
-        await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN)
+        await self._advance(world, trio.current_time() + world.lag.bound + _MARGIN, idle=True)
         now = trio.current_time()
         world.truth.advance(now)
         await self._checked(world, now)

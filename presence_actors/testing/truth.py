@@ -122,6 +122,15 @@ class Truth:
             return (status, user.face[1], user.face[0])
         return (status, user.message, user.username)
 
+    def parts(self, user_id: str, now: float) -> tuple[Part, Part]:
+        """``(own_part, public_part)`` of a user, its status worked out once."""
+        user = self.users[user_id]
+        status = self.status(user_id, now)
+        own = (status, user.message, user.username)
+        if status is Status.OFFLINE:
+            return own, (status, user.face[1], user.face[0])
+        return own, own
+
     def last_seen(self, user_id: str, now: float) -> int | None:
         user = self.users[user_id]
         return user.last_seen if self.status(user_id, now) is Status.OFFLINE else user.seen_active
@@ -345,6 +354,20 @@ class TruePolicy:
         if visibility is Visibility.EVERYONE:
             return True
         return visibility is Visibility.CONTACTS and watcher in self.contacts.get(user_id, ())
+
+    def viewer_test(self, user_id: str) -> Callable[[str], bool]:
+        """``may_see(watcher, user_id)`` as a test of the watcher alone: the policy of
+        ``user_id`` looked up once, for a check that asks it of every watcher."""
+        blocked = self.blocks.get(user_id, ())
+        visibility = self.visibility.get(user_id, self.default)
+        if visibility is Visibility.EVERYONE:
+            return lambda watcher: watcher == user_id or watcher not in blocked
+        if visibility is Visibility.CONTACTS:
+            contacts = self.contacts.get(user_id, ())
+            return lambda watcher: (
+                watcher == user_id or (watcher not in blocked and watcher in contacts)
+            )
+        return lambda watcher: watcher == user_id
 
     def set_contact(self, a: str, b: str, on: bool) -> None:
         if a == b:

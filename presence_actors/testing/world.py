@@ -205,6 +205,8 @@ class World:
                     case Identify(username=username):
                         truth.identify(user_id, device, number, username, now)
                         self.acknowledged_profile(user_id, now)
+                        # Activity too: back from away, unpushed to this session.
+                        self._knows_own_status(session, now)
                     case Logout():
                         truth.remove(user_id, device, number, now, logout=True)
                     case _:  # activity, an active heartbeat
@@ -535,23 +537,25 @@ class World:
     def _told(self, session: SimSession, view: UserView, hidden: bool) -> None:
         """Record what ``session`` now knows of a user, and check its lastSeen."""
         target = view.user_id
+        told = session.last_seen
         if hidden:
-            session.last_seen.pop(target, None)
+            told.pop(target, None)
         else:
             self.counters.checks += 1
             last_seen = view.last_seen
-            if target in session.last_seen:
-                before = session.last_seen[target]
-                if before is not None and (last_seen is None or last_seen < before):
-                    self.violation(
-                        "last-seen",
-                        f"{session!r} was told lastSeen {last_seen} of {target} after {before}",
-                    )
-            session.last_seen[target] = last_seen
-        if session.live and self.follows(session, target):
-            if target not in session.views:
+            before = told.get(target)
+            if before is not None and (last_seen is None or last_seen < before):
+                self.violation(
+                    "last-seen",
+                    f"{session!r} was told lastSeen {last_seen} of {target} after {before}",
+                )
+            told[target] = last_seen
+        # follows(), its answer for the everyone fan-out without a call.
+        if session.live and (not self.contacts_mode or self.follows(session, target)):
+            views = session.views
+            if target not in views:
                 self._watchers[target].add(session)
-            session.views[target] = view.pushed_part()
+            views[target] = (view.status, view.status_message, view.username)  # pushed_part()
             self._dirty.add((session, target))
 
     def told_own(self, session: SimSession, change: Callable[[Part], Part]) -> None:
@@ -572,13 +576,17 @@ class World:
     def _unlearn(self, session: SimSession, target: str) -> None:
         session.views.pop(target, None)
         self._watchers[target].discard(session)
-        self.lag.forget([(session, target)])
+        self.lag.forget_pair((session, target))
 
     def _forget(self, session: SimSession) -> None:
         """The session is no longer read: nothing it knows is checked any more."""
         self.live.pop(session.number, None)
-        for target in list(session.views):
-            self._unlearn(session, target)
+        watchers = self._watchers
+        forget_pair = self.lag.forget_pair
+        for target in session.views:  # _unlearn of each, in one loop
+            watchers[target].discard(session)
+            forget_pair((session, target))
+        session.views.clear()
 
     def welcomed(self, session: SimSession, now: float) -> None:
         if session.closed:
@@ -666,11 +674,10 @@ class World:
         cache: dict[str, tuple[Part, Part]] = {}
         changed = self.truth.changed
         for user_id, since in changed.items():
-            for session in self._watchers[user_id]:
-                self._compare(session, user_id, now, since, cache)
-        for session, user_id in self._dirty:
-            if user_id not in changed and user_id in session.views:
-                self._compare(session, user_id, now, now, cache)
+            watchers = self._watchers[user_id]
+            if watchers:
+                self._compare_watchers(user_id, watchers, now, since, cache)
+        self._compare_dirty(changed, now, cache)
         changed.clear()
         self._dirty.clear()
         self._overdue(now, cache)
@@ -714,34 +721,83 @@ class World:
                 f"the engine counts {count} users online {shown}; the truth {len(online)} {online}",
             )
 
-    def _compare(
+    def _compare_watchers(
         self,
-        session: SimSession,
         user_id: str,
+        watchers: set[SimSession],
         now: float,
         since: float,
         cache: dict[str, tuple[Part, Part]],
     ) -> None:
-        self.counters.checks += 1
-        pair = (session, user_id)
-        if session.views.get(user_id) == self._expected(session, user_id, now, cache):
-            self.lag.agree(pair)
-        else:
-            self.lag.differ(pair, since if since > -math.inf else now)
+        """:meth:`_compare` of every watcher of a user whose truth changed, in one
+        loop: the hottest check (a change in a crowd is compared for each watcher)."""
+        self.counters.checks += len(watchers)
+        own, public = self._parts(user_id, now, cache)
+        may_see = self.policy.confirmed.viewer_test(user_id)
+        start = since if since > -math.inf else now
+        lag = self.lag
+        for session in watchers:
+            watcher = session.user_id
+            if watcher == user_id:
+                want = own
+            elif may_see(watcher):
+                want = public
+            else:
+                want = HIDDEN
+            if session.views.get(user_id) == want:
+                lag.agree((session, user_id))
+            else:
+                lag.differ((session, user_id), start)
+
+    def _compare_dirty(
+        self, changed: dict[str, float], now: float, cache: dict[str, tuple[Part, Part]]
+    ) -> None:
+        """Compare each view a session was told at this moment with the truth (those
+        of users whose truth changed were compared with every watcher already)."""
+        may_see = self.policy.confirmed.may_see
+        lag = self.lag
+        checks = 0
+        for pair in self._dirty:
+            session, user_id = pair
+            if user_id in changed:
+                continue
+            got = session.views.get(user_id)
+            if got is None:
+                continue  # unlearned since
+            checks += 1
+            own, public = self._parts(user_id, now, cache)
+            watcher = session.user_id
+            if watcher == user_id:
+                want = own
+            elif may_see(watcher, user_id):
+                want = public
+            else:
+                want = HIDDEN
+            if got == want:
+                lag.agree(pair)
+            else:
+                lag.differ(pair, now)
+        self.counters.checks += checks
 
     def _expected(
         self, session: SimSession, user_id: str, now: float, cache: dict[str, tuple[Part, Part]]
     ) -> Part:
-        parts = cache.get(user_id)
-        if parts is None:
-            truth = self.truth
-            parts = (truth.own_part(user_id, now), truth.public_part(user_id, now))
-            cache[user_id] = parts
+        parts = self._parts(user_id, now, cache)
         if session.user_id == user_id:
             return parts[0]
         if self.policy.confirmed.may_see(session.user_id, user_id):
             return parts[1]
         return HIDDEN
+
+    def _parts(
+        self, user_id: str, now: float, cache: dict[str, tuple[Part, Part]]
+    ) -> tuple[Part, Part]:
+        """What the user and what others should see of ``user_id`` now (cached per check)."""
+        parts = cache.get(user_id)
+        if parts is None:
+            parts = self.truth.parts(user_id, now)
+            cache[user_id] = parts
+        return parts
 
 
 _STORED = ("profile", "policy", "contacts")
