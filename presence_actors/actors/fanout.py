@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import trio
@@ -195,7 +196,7 @@ class Fanout:
                 units += self._give(watcher, item)
             await turn.spend(1 + units)
         # Sessions that follow only their subscriptions (gRPC streams).
-        owed_to: dict[SessionHandle, list[Push]] = {}
+        owed_to: defaultdict[SessionHandle, list[Push]] = defaultdict(list)
         for user_id, change in pending.items():
             for watcher in self._index.subscribers_of(user_id):
                 if watcher.watches is not Watches.MODE:
@@ -205,7 +206,7 @@ class Fanout:
     async def _to_followers(self, pending: dict[str, _Change], turn: Turn) -> int:
         # _owed and _collect inlined, and whether the user is public asked once per
         # change rather than once per watcher: this loop runs per change and watcher.
-        owed_to: dict[SessionHandle, list[Push]] = {}
+        owed_to: defaultdict[SessionHandle, list[Push]] = defaultdict(list)
         may_see = self._policy.may_see
         for user_id, change in pending.items():
             shown, own, cause = change.shown, change.own, change.cause
@@ -222,28 +223,20 @@ class Fanout:
                 else:
                     continue
                 if push is not None:
-                    owed = owed_to.get(watcher)
-                    if owed is None:
-                        owed_to[watcher] = [push]
-                    else:
-                        owed.append(push)
+                    owed_to[watcher].append(push)
             await turn.spend(1 + looked // 4)
         return await self._give_each(owed_to, turn)
 
     def _collect(
         self,
-        owed_to: dict[SessionHandle, list[Push]],
+        owed_to: defaultdict[SessionHandle, list[Push]],
         watcher: SessionHandle,
         user_id: str,
         change: _Change,
     ) -> None:
         push = self._owed(watcher, user_id, change)
         if push is not None:
-            owed = owed_to.get(watcher)
-            if owed is None:
-                owed_to[watcher] = [push]
-            else:
-                owed.append(push)
+            owed_to[watcher].append(push)
 
     async def _give_each(self, owed_to: dict[SessionHandle, list[Push]], turn: Turn) -> int:
         """Each watcher its pushes; watchers owed the same ones share one item, so a
